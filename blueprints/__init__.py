@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from flask import Blueprint
+
+from . import (
+    admin,
+    check_upcoming_payouts,
+    health,
+    process_expert_transfers,
+    process_tasks,
+    qstash,
+)
+
+BLUEPRINTS: tuple[Blueprint, ...] = (
+    health.bp,
+    qstash.bp,
+    admin.bp,
+    process_tasks.bp,
+    process_expert_transfers.bp,
+    check_upcoming_payouts.bp,
+)

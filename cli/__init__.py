@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from flask import Flask
+
+from . import db, jobs
+
+
+def init_app(app: Flask) -> None:
+    """Attach every command group to the app's `flask` command."""
+    for group in (db.group, jobs.group):
+        app.cli.add_command(group)

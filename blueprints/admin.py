@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from service.auth import require_admin
+from service.errors import ValidationFailed
+from service.extensions import get_jobs, get_sessions
+from service.jobs import run_history
+from service.models import RUN_STATUSES
+
+bp = Blueprint("admin", __name__, url_prefix="/api/admin")
+bp.before_request(require_admin)
+
+MAX_LIMIT = 500
+
+
+@bp.get("/job-runs")
+def job_runs() -> Response:
+    """List recent job runs, newest first (filters: job, status, limit)."""
+    job = request.args.get("job") or None
+    status = request.args.get("status") or None
+    raw_limit = request.args.get("limit", "50")
+    errors: dict[str, str] = {}
+    if job is not None and job not in get_jobs():
+        errors["job"] = f"unknown job; one of {', '.join(sorted(get_jobs()))}"
+    if status is not None and status not in RUN_STATUSES:
+        errors["status"] = f"one of {', '.join(RUN_STATUSES)}"
+    limit = int(raw_limit) if raw_limit.isdigit() else 0
+    if not 1 <= limit <= MAX_LIMIT:
+        errors["limit"] = f"a whole number from 1 to {MAX_LIMIT}"
+    if errors:
+        raise ValidationFailed(errors)
+    runs = run_history(get_sessions(), job=job, status=status, limit=limit)
+    return jsonify({"runs": runs, "count": len(runs)})

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from service.delivery import (
+    RECEIVER_PATH,
+    TARGET_HEADER,
+    dispatch,
+    resolve_target,
+    verify_qstash_request,
+)
+
+bp = Blueprint("qstash", __name__)
+
+
+@bp.post(RECEIVER_PATH)
+def receive() -> Response:
+    """Verify a QStash delivery, then run the job its target header names."""
+    verify_qstash_request(RECEIVER_PATH)
+    job = resolve_target(request.headers.get(TARGET_HEADER))
+    return dispatch(job, "qstash")

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import click
+from flask.cli import AppGroup
+from sqlalchemy.exc import SQLAlchemyError
+
+from service import db
+from service.extensions import get_engine
+
+group = AppGroup("db", help="Manage the database schema.")
+
+
+@group.command("upgrade")
+@click.argument("revision", default="head")
+def upgrade(revision: str) -> None:
+    """Apply the database migrations (to the latest by default)."""
+    engine = get_engine()
+    try:
+        db.upgrade(engine, revision)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(
+            f"migration failed ({type(exc).__name__}); check DATABASE_URL and that the "
+            "database server is reachable"
+        ) from exc
+    click.echo(f"database at revision {db.current_revision(engine)}")
+
+
+@group.command("downgrade")
+@click.argument("revision")
+def downgrade(revision: str) -> None:
+    """Revert the database migrations down to REVISION ('base' removes every table)."""
+    engine = get_engine()
+    db.downgrade(engine, revision)
+    click.echo(f"database at revision {db.current_revision(engine) or 'base'}")
+
+
+@group.command("current")
+def current() -> None:
+    """Print the database's migration revision and the latest one."""
+    engine = get_engine()
+    click.echo(f"current: {db.current_revision(engine) or 'none'}")
+    click.echo(f"head:    {db.head_revision()}")

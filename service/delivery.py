@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from flask import Response, current_app, request
+
+from .auth import bearer_token, is_admin
+from .errors import NonRetryable, ServiceUnavailable, Unauthorized
+from .extensions import get_config_report, get_jobs, get_sessions, get_settings
+from .jobs import JOB_PATH_PREFIX, Delivery, Job, Trigger, run_job
+from .settings import SIGNING_KEY_VARS
+from .signature import SignatureRejected, verify_signature
+
+log = logging.getLogger("eleva.delivery")
+
+RECEIVER_PATH = "/api/qstash"
+TARGET_HEADER = "X-Qstash-Target-Url"
+MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def public_url(path: str) -> str:
+    """Return the URL QStash calls for a path: APP_URL + path, exactly as signed in `sub`."""
+    return f"{get_settings().app_url}{path}"
+
+
+def verify_qstash_request(path: str) -> dict[str, Any]:
+    """Check the Upstash-Signature of the current request for the given path; return claims."""
+    report = get_config_report()
+    blocking = report.errors_for("APP_URL", *SIGNING_KEY_VARS)
+    if blocking:
+        names = sorted({p.variable for p in blocking})
+        log.error("refusing QStash delivery: %s", "; ".join(str(p) for p in blocking))
+        raise ServiceUnavailable(
+            f"QStash verification is not configured: fix {', '.join(names)}",
+            code="qstash_not_configured",
+            extra={"variables": names},
+        )
+    settings = get_settings()
+    keys = [k for k in (settings.qstash_current_signing_key,
+                        settings.qstash_next_signing_key) if k]
+    raw = request.get_data(cache=True)
+    try:
+        return verify_signature(
+            raw,
+            request.headers.get("Upstash-Signature"),
+            keys=keys,
+            url=public_url(path),
+            leeway=settings.qstash_clock_tolerance,
+        )
+    except SignatureRejected as exc:
+        log.warning(
+            "rejected request: %s", exc.message,
+            extra={"event": {"check": exc.code, "path": path,
+                             "message_id": _header_for_log("Upstash-Message-Id")}},
+        )
+        raise
+
+
+def resolve_target(value: str | None) -> Job:
+    """Map the X-Qstash-Target-Url header to a registered job, refusing anything else."""
+    if value is None or not value.strip():
+        raise NonRetryable(f"the {TARGET_HEADER} header is missing", code="missing_target")
+    value = value.strip()
+    if any(c in value for c in "\\\r\n\t ") or not value.isprintable():
+        raise NonRetryable(f"{TARGET_HEADER} contains forbidden characters",
+                           code="invalid_target")
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        app_url = urlsplit(get_settings().app_url or "")
+        if (parts.scheme.lower(), _host_port(parts)) != (app_url.scheme.lower(),
+                                                         _host_port(app_url)):
+            raise NonRetryable(f"{TARGET_HEADER} points at another host",
+                               code="foreign_target")
+        path = parts.path
+        if app_url.path and path.startswith(app_url.path + "/"):
+            path = path[len(app_url.path):]
+    else:
+        path = parts.path
+    if parts.query or parts.fragment or "%" in value:
+        raise NonRetryable(f"{TARGET_HEADER} must be a plain path without query or encoding",
+                           code="invalid_target")
+    if not path.startswith("/") or "//" in path or ".." in unquote(path).split("/"):
+        raise NonRetryable(f"{TARGET_HEADER} must be an absolute path without '..'",
+                           code="invalid_target")
+    jobs = get_jobs()
+    name = path[len(JOB_PATH_PREFIX):] if path.startswith(JOB_PATH_PREFIX) else None
+    if name is None or name not in jobs:
+        raise NonRetryable(f"{TARGET_HEADER} names no job; known jobs: {', '.join(sorted(jobs))}",
+                           code="unknown_target")
+    return jobs[name]
+
+
+def _host_port(parts: Any) -> tuple[str, int | None]:
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    try:
+        port = parts.port or default
+    except ValueError:
+        port = -1
+    return (parts.hostname or "").lower(), port
+
+
+def delivery_from_request(job: Job, trigger: Trigger) -> Delivery:
+    """Read the delivery headers and the JSON body of the current request."""
+    message_id = request.headers.get("Upstash-Message-Id")
+    if trigger == "qstash" and message_id is None:
+        raise NonRetryable("Upstash-Message-Id is missing", code="missing_message_id")
+    if message_id is not None and not MESSAGE_ID_RE.match(message_id):
+        raise NonRetryable("Upstash-Message-Id is not a valid id", code="invalid_message_id")
+    try:
+        retried = max(0, int(request.headers.get("Upstash-Retried", "0")))
+    except ValueError:
+        retried = 0
+    payload = parse_payload(request.get_data(cache=True))
+    named = payload.get("job")
+    if named is not None and named != job.name:
+        # The target header is not signed but the body is: they must agree.
+        raise NonRetryable(f"the signed body names job {named!r} but the target is {job.name!r}",
+                           code="target_mismatch")
+    schedule_id = request.headers.get("Upstash-Schedule-Id")
+    return Delivery(
+        trigger=trigger,
+        message_id=message_id,
+        schedule_id=schedule_id[:128] if schedule_id else None,
+        retried=retried,
+        payload=payload,
+    )
+
+
+def parse_payload(raw: bytes) -> Mapping[str, Any]:
+    """Decode a delivery body: empty, or a JSON object."""
+    if not raw.strip():
+        return {}
+    try:
+        payload = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        payload = None
+    if not isinstance(payload, dict):
+        raise NonRetryable("the body must be empty or a JSON object", code="invalid_body")
+    return payload
+
+
+def dispatch(job: Job, trigger: Trigger) -> Response:
+    """Run the job for the current request and answer with its outcome."""
+    delivery = delivery_from_request(job, trigger)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return run_job(app, get_sessions(), job, delivery).response()
+
+
+def handle_direct(job: Job) -> Response:
+    """Serve POST /api/cron/<job>: an admin bearer token or a QStash signature for this URL."""
+    token = bearer_token()
+    if token is not None:
+        if not is_admin(token):
+            raise Unauthorized("the bearer token is not ADMIN_API_TOKEN", code="invalid_token")
+        return dispatch(job, "admin")
+    if "Upstash-Signature" in request.headers:
+        verify_qstash_request(job.path)
+        return dispatch(job, "qstash")
+    raise Unauthorized(
+        "send a QStash signature for this URL or Authorization: Bearer <ADMIN_API_TOKEN>"
+    )
+
+
+def _header_for_log(name: str) -> str | None:
+    value = request.headers.get(name)
+    return value[:128] if value else None

@@ -1,0 +1,359 @@
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from flask import Blueprint, Flask, Response, jsonify
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .db import rowcount, utcnow
+from .errors import AppError, NonRetryable, ServiceUnavailable
+from .logs import log_context
+from .models import JobLease, JobRun
+
+log = logging.getLogger("eleva.jobs")
+
+Overlap = Literal["skip", "retry"]
+Trigger = Literal["qstash", "admin", "cli"]
+JOB_PATH_PREFIX = "/api/cron/"
+# A crashed worker's run and lease are taken over this long after the job's timeout.
+LEASE_GRACE = timedelta(seconds=30)
+# Share of the job's timeout a run may spend claiming new work; the rest is headroom to finish.
+BUDGET_SHARE = 0.8
+
+
+class JobError(Exception):
+    """A job failed; QStash retries the delivery unless `retryable` is false."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, code: str = "job_failed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PermanentJobError(JobError):
+    """A job failed in a way no retry can fix; QStash is told not to retry."""
+
+    retryable = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobContext:
+    job: Job
+    app: Flask
+    run_id: str
+    trigger: Trigger
+    message_id: str | None
+    retried: int
+    payload: Mapping[str, Any]
+    deadline: float  # time.monotonic() value after which no new work should start
+
+    def time_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+Handler = Callable[[JobContext], Mapping[str, Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """A scheduled job: what QStash needs to call it and what runs when it is called."""
+
+    name: str
+    cron: str
+    description: str
+    handler: Handler
+    retries: int = 3
+    timeout: int = 300  # seconds; QStash cuts the delivery after this
+    overlap: Overlap = "skip"
+
+    @property
+    def path(self) -> str:
+        return JOB_PATH_PREFIX + self.name
+
+
+class JobBlueprint(Blueprint):
+    """A blueprint that carries its job, so registering it also registers the job."""
+
+    def __init__(self, job: Job, import_name: str) -> None:
+        super().__init__("job_" + job.name.replace("-", "_"), import_name)
+        self.job = job
+        self.add_url_rule(job.path, "run", self._run_direct, methods=["POST"])
+
+    def _run_direct(self) -> Response:
+        # Imported here because delivery builds on this module.
+        from .delivery import handle_direct
+
+        return handle_direct(self.job)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delivery:
+    trigger: Trigger
+    message_id: str | None = None
+    schedule_id: str | None = None
+    retried: int = 0
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOutcome:
+    job: str
+    run_id: str
+    status: str
+    duplicate: bool
+    result: Mapping[str, Any] | None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "job": self.job,
+            "run_id": self.run_id,
+            "status": self.status,
+            "duplicate": self.duplicate,
+            "result": self.result,
+        }
+        if self.reason:
+            body["reason"] = self.reason
+        return body
+
+    def response(self) -> Response:
+        return jsonify(self.to_dict())
+
+
+def run_job(
+    app: Flask,
+    sessions: sessionmaker[Session],
+    job: Job,
+    delivery: Delivery,
+) -> RunOutcome:
+    """Run a job once for this delivery: dedup by message id, guard overlap, record the run.
+
+    Raise AppError for outcomes that are not a 200: 503 while an earlier attempt runs or the
+    job is busy under the `retry` policy, 500 on a retryable failure, 489 on a permanent one.
+    """
+    with log_context(job=job.name, message_id=delivery.message_id):
+        claim = _claim(sessions, job, delivery)
+        if isinstance(claim, RunOutcome):
+            log.info("duplicate delivery; returning the stored outcome",
+                     extra={"event": {"run_id": claim.run_id, "status": claim.status}})
+            return claim
+        run_id, attempts = claim
+        with log_context(run_id=run_id):
+            if not _acquire_lease(sessions, job, run_id):
+                return _overlapping(sessions, job, run_id, attempts)
+            try:
+                return _execute(app, sessions, job, delivery, run_id, attempts)
+            finally:
+                _release_lease(sessions, job, run_id)
+
+
+def _claim(
+    sessions: sessionmaker[Session], job: Job, delivery: Delivery
+) -> tuple[str, int] | RunOutcome:
+    now = utcnow()
+    run = JobRun(
+        id=uuid.uuid4().hex,
+        message_id=delivery.message_id,
+        job=job.name,
+        schedule_id=delivery.schedule_id,
+        retried=delivery.retried,
+        attempts=1,
+        trigger=delivery.trigger,
+        status="running",
+        started_at=now,
+        expires_at=now + timedelta(seconds=job.timeout) + LEASE_GRACE,
+    )
+    try:
+        with sessions.begin() as session:
+            session.add(run)
+        return run.id, 1
+    except IntegrityError:
+        if delivery.message_id is None:
+            raise
+    return _claim_existing(sessions, job, delivery, now)
+
+
+def _claim_existing(
+    sessions: sessionmaker[Session], job: Job, delivery: Delivery, now: datetime
+) -> tuple[str, int] | RunOutcome:
+    with sessions.begin() as session:
+        existing = session.scalars(
+            select(JobRun).where(JobRun.message_id == delivery.message_id)
+        ).one()
+        if existing.job != job.name:
+            log.warning("message id replayed for another job",
+                        extra={"event": {"first_job": existing.job}})
+            raise NonRetryable(
+                f"message {delivery.message_id} already ran job {existing.job!r}; "
+                "a message cannot target two jobs",
+                code="replayed_message",
+            )
+        if existing.status in ("succeeded", "skipped"):
+            return RunOutcome(job=job.name, run_id=existing.id, status=existing.status,
+                              duplicate=True, result=existing.result, reason=existing.error)
+        if existing.status == "running" and existing.expires_at > now:
+            wait = int((existing.expires_at - now).total_seconds()) + 1
+            raise ServiceUnavailable(
+                f"an earlier attempt of message {delivery.message_id} is still running",
+                code="attempt_in_progress",
+                retry_after=max(1, min(wait, 300)),
+                extra={"run_id": existing.id},
+            )
+        # A failed attempt, or a running one whose worker died: this delivery takes it over.
+        run_id, attempts = existing.id, existing.attempts + 1
+        taken = session.execute(
+            update(JobRun)
+            .where(JobRun.id == existing.id, JobRun.status == existing.status,
+                   JobRun.attempts == existing.attempts)
+            .values(status="running", attempts=attempts,
+                    retried=delivery.retried, trigger=delivery.trigger, started_at=now,
+                    expires_at=now + timedelta(seconds=job.timeout) + LEASE_GRACE,
+                    finished_at=None, duration_ms=None, result=None, error=None)
+        )
+        if rowcount(taken) != 1:
+            raise ServiceUnavailable(
+                f"another attempt of message {delivery.message_id} just started",
+                code="attempt_in_progress",
+                retry_after=5,
+            )
+        return run_id, attempts
+
+
+def _acquire_lease(sessions: sessionmaker[Session], job: Job, holder: str) -> bool:
+    now = utcnow()
+    with sessions.begin() as session:
+        dialect = session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        session.execute(insert(JobLease).values(job=job.name).on_conflict_do_nothing())
+        taken = session.execute(
+            update(JobLease)
+            .where(JobLease.job == job.name,
+                   or_(JobLease.holder.is_(None), JobLease.expires_at < now))
+            .values(holder=holder, acquired_at=now,
+                    expires_at=now + timedelta(seconds=job.timeout) + LEASE_GRACE)
+        )
+        return rowcount(taken) == 1
+
+
+def _release_lease(sessions: sessionmaker[Session], job: Job, holder: str) -> None:
+    with sessions.begin() as session:
+        session.execute(
+            update(JobLease)
+            .where(JobLease.job == job.name, JobLease.holder == holder)
+            .values(holder=None, expires_at=None)
+        )
+
+
+def _overlapping(
+    sessions: sessionmaker[Session], job: Job, run_id: str, attempts: int
+) -> RunOutcome:
+    reason = f"another run of {job.name} holds the job lease"
+    if job.overlap == "skip":
+        _finish(sessions, run_id, attempts, status="skipped", error=reason)
+        log.info("run skipped: %s", reason)
+        return RunOutcome(job=job.name, run_id=run_id, status="skipped", duplicate=False,
+                          result=None, reason=reason)
+    _finish(sessions, run_id, attempts, status="failed", error=reason)
+    log.info("run deferred: %s; QStash will retry", reason)
+    raise ServiceUnavailable(reason + "; retry later", code="job_busy", retry_after=60,
+                             extra={"run_id": run_id})
+
+
+def _execute(
+    app: Flask,
+    sessions: sessionmaker[Session],
+    job: Job,
+    delivery: Delivery,
+    run_id: str,
+    attempts: int,
+) -> RunOutcome:
+    started = time.monotonic()
+    context = JobContext(
+        job=job, app=app, run_id=run_id, trigger=delivery.trigger,
+        message_id=delivery.message_id, retried=delivery.retried, payload=delivery.payload,
+        deadline=started + job.timeout * BUDGET_SHARE,
+    )
+    log.info("run started", extra={"event": {"trigger": delivery.trigger,
+                                              "retried": delivery.retried, "attempt": attempts}})
+    try:
+        result = dict(job.handler(context))
+        json.dumps(result)  # fail here, not at commit, if the handler returned non-JSON data
+    except JobError as exc:
+        _finish(sessions, run_id, attempts, status="failed", error=f"{exc.code}: {exc}",
+                started=started)
+        log.warning("run failed: %s", exc, extra={"event": {"retryable": exc.retryable}})
+        if not exc.retryable:
+            raise NonRetryable(str(exc), code=exc.code, extra={"run_id": run_id}) from exc
+        raise AppError(str(exc), code=exc.code, status=500, extra={"run_id": run_id}) from exc
+    except Exception as exc:
+        _finish(sessions, run_id, attempts, status="failed",
+                error=f"{type(exc).__name__}: {str(exc)[:500]}", started=started)
+        log.exception("run crashed; QStash will retry")
+        raise AppError(f"job {job.name} failed; see the logs for run {run_id}",
+                       code="job_failed", status=500, extra={"run_id": run_id}) from exc
+    _finish(sessions, run_id, attempts, status="succeeded", result=result, started=started)
+    log.info("run succeeded", extra={"event": {"result": result}})
+    return RunOutcome(job=job.name, run_id=run_id, status="succeeded", duplicate=False,
+                      result=result)
+
+
+def _finish(
+    sessions: sessionmaker[Session],
+    run_id: str,
+    attempts: int,
+    *,
+    status: str,
+    result: Mapping[str, Any] | None = None,
+    error: str | None = None,
+    started: float | None = None,
+) -> None:
+    duration = None if started is None else int((time.monotonic() - started) * 1000)
+    with sessions.begin() as session:
+        written = session.execute(
+            update(JobRun)
+            .where(JobRun.id == run_id, JobRun.status == "running", JobRun.attempts == attempts)
+            .values(status=status, result=result, error=error, finished_at=utcnow(),
+                    duration_ms=duration)
+        )
+    if rowcount(written) != 1:
+        # The run expired and another attempt took it over; its outcome stands.
+        log.warning("run outcome not recorded: the run was taken over by a later attempt")
+
+
+def registry(blueprints: tuple[Blueprint, ...]) -> dict[str, Job]:
+    """Collect the jobs carried by the registered blueprints, refusing duplicate names."""
+    jobs: dict[str, Job] = {}
+    for bp in blueprints:
+        if isinstance(bp, JobBlueprint):
+            if bp.job.name in jobs:
+                raise RuntimeError(f"two jobs are named {bp.job.name!r}")
+            jobs[bp.job.name] = bp.job
+    return jobs
+
+
+def run_history(
+    sessions: sessionmaker[Session],
+    *,
+    job: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Return the most recent runs, newest first, optionally filtered by job and status."""
+    query = select(JobRun).order_by(JobRun.started_at.desc()).limit(limit)
+    if job:
+        query = query.where(JobRun.job == job)
+    if status:
+        query = query.where(JobRun.status == status)
+    with sessions() as session:
+        return [run.to_dict() for run in session.scalars(query)]

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .db import Base, utcnow
+
+RUN_STATUSES = ("running", "succeeded", "failed", "skipped")
+TRIGGERS = ("qstash", "admin", "cli")
+
+
+class JobRun(Base):
+    """One attempt to run a job: the ledger that makes deliveries exactly-once."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (
+        UniqueConstraint("message_id", name="uq_job_runs_message_id"),
+        Index("ix_job_runs_job_started", "job", "started_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # NULL for runs not caused by a QStash message; NULLs never collide in a unique index.
+    message_id: Mapped[str | None] = mapped_column(String(128))
+    job: Mapped[str] = mapped_column(String(64))
+    schedule_id: Mapped[str | None] = mapped_column(String(128))
+    retried: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    trigger: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "job": self.job,
+            "message_id": self.message_id,
+            "schedule_id": self.schedule_id,
+            "retried": self.retried,
+            "attempts": self.attempts,
+            "trigger": self.trigger,
+            "status": self.status,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "duration_ms": self.duration_ms,
+            "result": self.result,
+            "error": self.error,
+        }
+
+
+class JobLease(Base):
+    """The overlap guard: at most one unexpired holder per job, across processes and hosts."""
+
+    __tablename__ = "job_leases"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(32))
+    acquired_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]

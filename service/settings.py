@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+
+AppEnv = Literal["development", "staging", "production"]
+LogFormat = Literal["json", "text"]
+
+APP_ENVS: tuple[AppEnv, ...] = ("development", "staging", "production")
+LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+T = TypeVar("T", bound=str)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every setting the service reads, parsed once from an explicit mapping."""
+
+    app_url: str | None = None
+    qstash_token: str | None = field(default=None, repr=False)
+    qstash_current_signing_key: str | None = field(default=None, repr=False)
+    qstash_next_signing_key: str | None = field(default=None, repr=False)
+    qstash_url: str | None = None
+    qstash_clock_tolerance: int = 30
+    database_url: str | None = field(default=None, repr=False)
+    admin_api_token: str | None = field(default=None, repr=False)
+    app_env: AppEnv = "development"
+    service_name: str = "eleva-jobs"
+    log_level: str = "INFO"
+    log_format: LogFormat = "json"
+    max_body_bytes: int = 1024 * 1024
+    job_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from environment variables; a bad value raises ConfigurationError."""
+
+        def text(name: str, *aliases: str) -> str | None:
+            for key in (name, *aliases):
+                value = env.get(key)
+                if value is not None and value.strip():
+                    return value.strip()
+            return None
+
+        def integer(name: str, default: int, *, minimum: int = 0) -> int:
+            raw = text(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigurationError(
+                    f"{name}={raw!r} is not an integer; set it to a whole number "
+                    f"or remove it to use the default ({default})"
+                ) from None
+            if value < minimum:
+                raise ConfigurationError(f"{name} must be at least {minimum} (got {value})")
+            return value
+
+        def choice(name: str, options: tuple[T, ...], default: T) -> T:
+            raw = (text(name) or default).lower()
+            for option in options:
+                if option.lower() == raw:
+                    return option
+            raise ConfigurationError(
+                f"{name}={raw!r} is not one of {', '.join(options)}; set one of them"
+            )
+
+        service_name = text("SERVICE_NAME") or "eleva-jobs"
+        if not SERVICE_NAME_RE.match(service_name):
+            raise ConfigurationError(
+                f"SERVICE_NAME={service_name!r} may only contain letters, digits, '-' and '_' "
+                "(it becomes part of every QStash schedule id)"
+            )
+        return cls(
+            app_url=(text("APP_URL", "NEXT_PUBLIC_APP_URL") or "").rstrip("/") or None,
+            qstash_token=text("QSTASH_TOKEN"),
+            qstash_current_signing_key=text("QSTASH_CURRENT_SIGNING_KEY"),
+            qstash_next_signing_key=text("QSTASH_NEXT_SIGNING_KEY"),
+            qstash_url=(text("QSTASH_URL") or "").rstrip("/") or None,
+            qstash_clock_tolerance=integer("QSTASH_CLOCK_TOLERANCE", 30),
+            database_url=text("DATABASE_URL"),
+            admin_api_token=text("ADMIN_API_TOKEN"),
+            app_env=choice("APP_ENV", APP_ENVS, "development"),
+            service_name=service_name,
+            log_level=choice("LOG_LEVEL", LOG_LEVELS, "INFO"),
+            log_format=choice("LOG_FORMAT", LOG_FORMATS, "json"),
+            max_body_bytes=integer("MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            job_env={k: v for k, v in env.items() if k.startswith("JOB_")},
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigProblem:
+    variable: str
+    problem: str
+    fix: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        return f"{self.variable}: {self.problem} ({self.fix})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigReport:
+    valid: bool
+    problems: tuple[ConfigProblem, ...]
+
+    def errors_for(self, *variables: str) -> tuple[ConfigProblem, ...]:
+        """Return the blocking problems that concern the given variables."""
+        return tuple(
+            p for p in self.problems if p.severity == "error" and p.variable in variables
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {"valid": self.valid, "problems": [asdict(p) for p in self.problems]}
+
+
+SIGNING_KEY_VARS = ("QSTASH_CURRENT_SIGNING_KEY", "QSTASH_NEXT_SIGNING_KEY")
+
+
+def validate_qstash_config(settings: Settings) -> ConfigReport:
+    """Check everything QStash needs and say, per variable, what is wrong and how to fix it."""
+    problems: list[ConfigProblem] = []
+    console = "copy it from the Upstash console (QStash > Signing keys)"
+
+    if settings.app_url is None:
+        problems.append(ConfigProblem(
+            variable="APP_URL",
+            problem="missing",
+            fix="set it to the public base URL QStash calls, e.g. https://jobs.example.com",
+        ))
+    else:
+        parts = urlsplit(settings.app_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(ConfigProblem(
+                variable="APP_URL",
+                problem="not an absolute http(s) URL",
+                fix="use the form https://host[:port][/prefix], without a query string",
+            ))
+        elif parts.query or parts.fragment:
+            problems.append(ConfigProblem(
+                variable="APP_URL",
+                problem="has a query string or fragment",
+                fix="remove everything after the path",
+            ))
+
+    if settings.qstash_token is None:
+        problems.append(ConfigProblem(
+            variable="QSTASH_TOKEN",
+            problem="missing",
+            fix="copy the QStash token from the Upstash console (needed to sync schedules)",
+        ))
+
+    keys = {
+        "QSTASH_CURRENT_SIGNING_KEY": settings.qstash_current_signing_key,
+        "QSTASH_NEXT_SIGNING_KEY": settings.qstash_next_signing_key,
+    }
+    for variable, value in keys.items():
+        if value is None:
+            problems.append(ConfigProblem(variable=variable, problem="missing", fix=console))
+        elif not value.startswith("sig_"):
+            problems.append(ConfigProblem(
+                variable=variable,
+                problem="does not start with 'sig_'",
+                fix=f"{console}; the value includes its 'sig_' prefix",
+            ))
+    current, nxt = keys.values()
+    if current is not None and current == nxt:
+        problems.append(ConfigProblem(
+            variable="QSTASH_NEXT_SIGNING_KEY",
+            problem="equal to QSTASH_CURRENT_SIGNING_KEY",
+            fix="set both keys from the console; after a key roll they differ",
+            severity="warning",
+        ))
+
+    if settings.qstash_url is not None:
+        parts = urlsplit(settings.qstash_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(ConfigProblem(
+                variable="QSTASH_URL",
+                problem="not an absolute http(s) URL",
+                fix="remove it to use https://qstash.upstash.io, or set a full URL",
+            ))
+
+    valid = not any(p.severity == "error" for p in problems)
+    return ConfigReport(valid=valid, problems=tuple(problems))

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy.engine import make_url
+
+from service import create_app, db
+from service.extensions import get_engine
+from tests.helpers import ADMIN_TOKEN, APP_URL, CURRENT_KEY, NEXT_KEY
+
+SETTING_PREFIXES = (
+    "APP_", "NEXT_PUBLIC_APP_URL", "QSTASH_", "DATABASE_URL", "ADMIN_API_TOKEN", "SERVICE_NAME",
+    "LOG_", "JOB_", "MAX_BODY_BYTES", "STRIPE_", "SMTP_", "MAIL_", "PAYOUT_", "NOTIFIER",
+)
+
+
+@pytest.fixture(autouse=True)
+def _scrub_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the developer's environment and .env out of every test."""
+    for name in list(os.environ):
+        if name.startswith(SETTING_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("FLASK_SKIP_DOTENV", "1")
+
+
+def reset_postgres(url: str) -> None:
+    """Drop and recreate the public schema of the test database."""
+    parsed = make_url(db.normalise_url(url))
+    conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """A fresh, empty database: PostgreSQL when TEST_DATABASE_URL is set, else a SQLite file."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        reset_postgres(url)
+        return url
+    return f"sqlite:///{tmp_path / 'test.sqlite3'}"
+
+
+@pytest.fixture
+def env(database_url: str) -> dict[str, str]:
+    """Settings of a fully configured service, as environment variables."""
+    return {
+        "APP_URL": APP_URL,
+        "QSTASH_TOKEN": "qstash-test-token",
+        "QSTASH_CURRENT_SIGNING_KEY": CURRENT_KEY,
+        "QSTASH_NEXT_SIGNING_KEY": NEXT_KEY,
+        "QSTASH_CLOCK_TOLERANCE": "30",
+        "DATABASE_URL": database_url,
+        "ADMIN_API_TOKEN": ADMIN_TOKEN,
+        "APP_ENV": "development",
+        "LOG_FORMAT": "json",
+    }
+
+
+def make_app(env: dict[str, str], *, migrate: bool = True) -> Flask:
+    app = create_app(env)
+    app.config["TESTING"] = True
+    if migrate:
+        db.upgrade(get_engine(app))
+    return app
+
+
+@pytest.fixture
+def app(env: dict[str, str]) -> Iterator[Flask]:
+    app = make_app(env)
+    yield app
+    get_engine(app).dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register the probe jobs (tests/probe_jobs.py) for apps created in this test."""
+    from tests import probe_jobs
+
+    probe_jobs.install(monkeypatch)
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Path:
+    """A file the probe job appends one line to per execution."""
+    return tmp_path / "executions.log"

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from service.jobs import Job, JobBlueprint, JobContext, JobError, PermanentJobError
+
+
+def probe(ctx: JobContext) -> Mapping[str, Any]:
+    """Do what the payload asks, leaving a line in its marker file per execution."""
+    payload = ctx.payload
+    marker = payload.get("marker")
+    if marker:
+        with open(marker, "a") as f:
+            f.write(f"{ctx.run_id} {ctx.trigger} {ctx.retried}\n")
+    time.sleep(float(payload.get("sleep", 0)))
+    action = payload.get("action", "ok")
+    if action == "fail" or (action == "fail_first" and ctx.retried == 0):
+        raise JobError("the probe was asked to fail")
+    if action == "permanent":
+        raise PermanentJobError("the probe was asked to fail for good", code="probe_refused")
+    if action == "crash":
+        raise RuntimeError("unexpected probe crash")
+    return {"echo": payload.get("echo"), "retried": ctx.retried}
+
+
+probe_bp = JobBlueprint(
+    Job(name="probe", cron="*/5 * * * *", description="Test probe.", handler=probe,
+        timeout=60),
+    __name__,
+)
+probe_retry_bp = JobBlueprint(
+    Job(name="probe-retry", cron="*/5 * * * *", description="Test probe, retry on overlap.",
+        handler=probe, timeout=60, overlap="retry"),
+    __name__,
+)
+
+
+def install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register the probe jobs next to the real ones for apps created afterwards."""
+    import blueprints
+
+    monkeypatch.setattr(blueprints, "BLUEPRINTS",
+                        (*blueprints.BLUEPRINTS, probe_bp, probe_retry_bp))

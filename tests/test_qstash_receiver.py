@@ -1,0 +1,369 @@
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from service.db import utcnow
+from service.extensions import get_sessions
+from service.models import JobLease, JobRun
+from tests.conftest import make_app
+from tests.helpers import APP_URL, RECEIVER_URL, delivery_headers, job_body, mint
+
+pytestmark = pytest.mark.usefixtures("probes")
+
+
+def runs(app: Flask) -> list[JobRun]:
+    with get_sessions(app)() as session:
+        return list(session.scalars(select(JobRun).order_by(JobRun.started_at)))
+
+
+def executions(marker: Path) -> list[str]:
+    return marker.read_text().splitlines() if marker.exists() else []
+
+
+def deliver(client: FlaskClient, body: bytes, **options: object):  # type: ignore[no-untyped-def]
+    options.setdefault("target", "/api/cron/probe")
+    return client.post("/api/qstash", data=body,
+                       headers=delivery_headers(body, **options))  # type: ignore[arg-type]
+
+
+def probe_body(marker: Path, **payload: object) -> bytes:
+    return job_body("probe", marker=str(marker), **payload)
+
+
+def test_signed_delivery_runs_the_real_job_and_records_the_run(
+    app: Flask, client: FlaskClient
+) -> None:
+    body = job_body("process-tasks")
+    response = deliver(client, body, target="/api/cron/process-tasks", message_id="msg_1",
+                       retried=0)
+    assert response.status_code == 200
+    data = response.get_json()
+    assert data["job"] == "process-tasks"
+    assert data["status"] == "succeeded"
+    assert data["duplicate"] is False
+    assert data["result"] == {"pruned_job_runs": 0}
+    [run] = runs(app)
+    assert (run.id, run.message_id, run.job, run.trigger, run.status) == (
+        data["run_id"], "msg_1", "process-tasks", "qstash", "succeeded")
+    assert run.result == {"pruned_job_runs": 0}
+    assert run.finished_at is not None and run.duration_ms is not None
+
+
+def test_delivery_headers_are_recorded(app: Flask, client: FlaskClient, marker: Path) -> None:
+    body = probe_body(marker)
+    headers = delivery_headers(body, target="/api/cron/probe", message_id="msg_h", retried=2)
+    headers["Upstash-Schedule-Id"] = "eleva-jobs.development.probe"
+    assert client.post("/api/qstash", data=body, headers=headers).status_code == 200
+    [run] = runs(app)
+    assert (run.schedule_id, run.retried) == ("eleva-jobs.development.probe", 2)
+    assert executions(marker) == [f"{run.id} qstash 2"]
+
+
+REJECTIONS = {
+    "missing_signature": lambda body: {"Upstash-Signature": ""},
+    "malformed": lambda body: {"Upstash-Signature": "not-a-jwt"},
+    "bad_signature": lambda body: {
+        "Upstash-Signature": mint(body, key="sig_SomeoneElsesKeyxxxxxxxxxxxxxx")},
+    "wrong_subject": lambda body: {
+        "Upstash-Signature": mint(body, url=APP_URL + "/api/cron/probe")},
+    "body_mismatch": lambda body: {"Upstash-Signature": mint(body + b" ")},
+    "expired": lambda body: {"Upstash-Signature": mint(body, now=time.time() - 600)},
+    "not_yet_valid": lambda body: {"Upstash-Signature": mint(body, now=time.time() + 600)},
+    "wrong_issuer": lambda body: {"Upstash-Signature": mint(body, iss="Someone")},
+}
+
+
+@pytest.mark.parametrize("code", sorted(REJECTIONS))
+def test_rejected_requests_run_nothing_and_record_nothing(
+    app: Flask, client: FlaskClient, marker: Path, code: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    body = probe_body(marker)
+    headers = delivery_headers(body, target="/api/cron/probe")
+    headers.update(REJECTIONS[code](body))
+    response = client.post("/api/qstash", data=body, headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["error"] == code
+    assert response.get_json()["message"]
+    assert runs(app) == []
+    assert executions(marker) == []
+
+
+def test_unconfigured_keys_refuse_every_delivery(env: dict[str, str], marker: Path) -> None:
+    del env["QSTASH_CURRENT_SIGNING_KEY"]
+    env["QSTASH_NEXT_SIGNING_KEY"] = "not-a-key"
+    app = make_app(env)
+    body = probe_body(marker)
+    response = app.test_client().post("/api/qstash", data=body,
+                                      headers=delivery_headers(body, target="/api/cron/probe"))
+    assert response.status_code == 503
+    data = response.get_json()
+    assert data["error"] == "qstash_not_configured"
+    assert data["variables"] == ["QSTASH_CURRENT_SIGNING_KEY", "QSTASH_NEXT_SIGNING_KEY"]
+    assert executions(marker) == []
+
+
+def test_missing_app_url_refuses_deliveries(env: dict[str, str]) -> None:
+    del env["APP_URL"]
+    response = make_app(env).test_client().post("/api/qstash", data=b"{}")
+    assert response.status_code == 503
+    assert response.get_json()["variables"] == ["APP_URL"]
+
+
+def test_oversized_body_is_refused_before_verification(env: dict[str, str]) -> None:
+    env["MAX_BODY_BYTES"] = "2048"
+    client = make_app(env).test_client()
+    body = b'{"pad":"' + b"x" * 4096 + b'"}'
+    response = client.post("/api/qstash", data=body, headers=delivery_headers(body))
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "payload_too_large"
+
+
+TARGETS = {
+    None: "missing_target",
+    "": "missing_target",
+    "/api/cron/nope": "unknown_target",
+    "/api/admin/job-runs": "unknown_target",
+    "/api/qstash": "unknown_target",
+    "/healthz": "unknown_target",
+    "/api/cron/probe/": "unknown_target",
+    "api/cron/probe": "invalid_target",
+    "/api/cron/../admin/job-runs": "invalid_target",
+    "/api/cron/probe/..": "invalid_target",
+    "/api/cron%2Fprobe": "invalid_target",
+    "/api/cron/%70robe": "invalid_target",
+    "/api/cron//probe": "invalid_target",
+    "/api/cron/probe?x=1": "invalid_target",
+    "/api/cron/probe#x": "invalid_target",
+    "/api/cron\\probe": "invalid_target",
+    "https://evil.example/api/cron/probe": "foreign_target",
+    "http://jobs.example.test/api/cron/probe": "foreign_target",
+    "https://jobs.example.test:8443/api/cron/probe": "foreign_target",
+    "//evil.example/api/cron/probe": "foreign_target",
+}
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_target_attacks_are_refused_without_retry(
+    app: Flask, client: FlaskClient, marker: Path, target: str | None
+) -> None:
+    response = deliver(client, probe_body(marker), target=target)
+    assert response.status_code == 489
+    assert response.headers["Upstash-NonRetryable-Error"] == "true"
+    assert response.get_json()["error"] == TARGETS[target]
+    assert executions(marker) == []
+    assert runs(app) == []
+
+
+@pytest.mark.parametrize("target", [
+    "https://jobs.example.test/api/cron/probe",
+    "https://JOBS.example.test:443/api/cron/probe",
+])
+def test_absolute_target_on_our_origin_is_accepted(
+    client: FlaskClient, marker: Path, target: str
+) -> None:
+    response = deliver(client, probe_body(marker), target=target)
+    assert response.status_code == 200
+    assert response.get_json()["job"] == "probe"
+    assert len(executions(marker)) == 1
+
+
+def test_target_must_agree_with_the_signed_body(client: FlaskClient, marker: Path) -> None:
+    # The forwarded target header is not signed; the body is, and names the job.
+    body = job_body("process-tasks", marker=str(marker))
+    response = deliver(client, body, target="/api/cron/probe")
+    assert response.status_code == 489
+    assert response.get_json()["error"] == "target_mismatch"
+    assert executions(marker) == []
+
+
+@pytest.mark.parametrize(("body", "code"), [(b"not json", "invalid_body"),
+                                            (b"[1,2]", "invalid_body")])
+def test_body_must_be_a_json_object(client: FlaskClient, body: bytes, code: str) -> None:
+    response = deliver(client, body)
+    assert response.status_code == 489
+    assert response.get_json()["error"] == code
+
+
+def test_delivery_without_message_id_is_refused(client: FlaskClient, marker: Path) -> None:
+    body = probe_body(marker)
+    headers = delivery_headers(body, target="/api/cron/probe")
+    del headers["Upstash-Message-Id"]
+    response = client.post("/api/qstash", data=body, headers=headers)
+    assert response.status_code == 489
+    assert response.get_json()["error"] == "missing_message_id"
+    assert executions(marker) == []
+
+
+def test_duplicate_delivery_returns_the_stored_result_without_running(
+    app: Flask, client: FlaskClient, marker: Path
+) -> None:
+    body = probe_body(marker, echo="first")
+    first = deliver(client, body, message_id="msg_dup")
+    second = deliver(client, body, message_id="msg_dup", retried=1)
+    assert first.status_code == second.status_code == 200
+    assert first.get_json()["duplicate"] is False
+    assert second.get_json() == {**first.get_json(), "duplicate": True}
+    assert second.get_json()["result"] == {"echo": "first", "retried": 0}
+    assert len(executions(marker)) == 1
+    assert len(runs(app)) == 1
+
+
+def test_same_message_for_another_job_is_a_replay(
+    app: Flask, client: FlaskClient, marker: Path
+) -> None:
+    assert deliver(client, probe_body(marker), message_id="msg_r").status_code == 200
+    other = deliver(client, job_body("process-tasks"), message_id="msg_r",
+                    target="/api/cron/process-tasks")
+    assert other.status_code == 489
+    assert other.headers["Upstash-NonRetryable-Error"] == "true"
+    assert other.get_json()["error"] == "replayed_message"
+    assert [r.job for r in runs(app)] == ["probe"]
+
+
+def test_attempt_still_running_answers_503_with_retry_after(
+    app: Flask, marker: Path
+) -> None:
+    body = probe_body(marker, sleep=1.0)
+    results: dict[str, int] = {}
+
+    def first() -> None:
+        results["first"] = deliver(app.test_client(), body, message_id="msg_slow").status_code
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not executions(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = deliver(app.test_client(), body, message_id="msg_slow", retried=1)
+    thread.join()
+    assert second.status_code == 503
+    assert second.get_json()["error"] == "attempt_in_progress"
+    assert 1 <= int(second.headers["Retry-After"]) <= 300
+    assert results["first"] == 200
+    assert len(executions(marker)) == 1
+
+
+def test_retryable_failure_answers_500_and_the_retry_completes_it(
+    app: Flask, client: FlaskClient, marker: Path
+) -> None:
+    body = probe_body(marker, action="fail_first")
+    failed = deliver(client, body, message_id="msg_f", retried=0)
+    assert failed.status_code == 500
+    assert failed.get_json()["error"] == "job_failed"
+    assert "Upstash-NonRetryable-Error" not in failed.headers
+    [run] = runs(app)
+    assert (run.status, run.error) == ("failed", "job_failed: the probe was asked to fail")
+
+    retried = deliver(client, body, message_id="msg_f", retried=1)
+    assert retried.status_code == 200
+    assert retried.get_json()["run_id"] == run.id
+    [run] = runs(app)
+    assert (run.status, run.attempts, run.retried, run.error) == ("succeeded", 2, 1, None)
+    assert len(executions(marker)) == 2
+
+
+def test_permanent_failure_stops_qstash_retries(
+    app: Flask, client: FlaskClient, marker: Path
+) -> None:
+    response = deliver(client, probe_body(marker, action="permanent"))
+    assert response.status_code == 489
+    assert response.headers["Upstash-NonRetryable-Error"] == "true"
+    assert response.get_json()["error"] == "probe_refused"
+    assert runs(app)[0].status == "failed"
+
+
+def test_unexpected_crash_is_logged_and_answered_without_details(
+    app: Flask, client: FlaskClient, marker: Path
+) -> None:
+    response = deliver(client, probe_body(marker, action="crash"))
+    assert response.status_code == 500
+    data = response.get_json()
+    assert data["error"] == "job_failed"
+    assert "unexpected probe crash" not in json.dumps(data)
+    assert runs(app)[0].error == "RuntimeError: unexpected probe crash"
+
+
+def hold_lease(app: Flask, job: str, *, expires_in: timedelta) -> None:
+    with get_sessions(app).begin() as session:
+        session.add(JobLease(job=job, holder="someone-else", acquired_at=utcnow(),
+                             expires_at=utcnow() + expires_in))
+
+
+def test_overlap_skip_policy_records_a_skipped_run(
+    app: Flask, client: FlaskClient, marker: Path
+) -> None:
+    hold_lease(app, "probe", expires_in=timedelta(minutes=5))
+    response = deliver(client, probe_body(marker))
+    assert response.status_code == 200
+    data = response.get_json()
+    assert data["status"] == "skipped"
+    assert "holds the job lease" in data["reason"]
+    assert [r.status for r in runs(app)] == ["skipped"]
+    assert executions(marker) == []
+
+
+def test_overlap_retry_policy_defers_and_the_retry_runs(
+    app: Flask, client: FlaskClient, marker: Path
+) -> None:
+    hold_lease(app, "probe-retry", expires_in=timedelta(minutes=5))
+    body = job_body("probe-retry", marker=str(marker))
+    busy = deliver(client, body, target="/api/cron/probe-retry", message_id="msg_busy")
+    assert busy.status_code == 503
+    assert busy.get_json()["error"] == "job_busy"
+    assert busy.headers["Retry-After"] == "60"
+    assert executions(marker) == []
+    with get_sessions(app).begin() as session:
+        session.get_one(JobLease, "probe-retry").holder = None
+    done = deliver(client, body, target="/api/cron/probe-retry", message_id="msg_busy",
+                   retried=1)
+    assert done.status_code == 200
+    assert len(executions(marker)) == 1
+
+
+def test_a_crashed_runs_lease_and_attempt_expire(
+    app: Flask, client: FlaskClient, marker: Path
+) -> None:
+    # A worker died mid-run: its run row says running and its lease is held, both expired.
+    past = utcnow() - timedelta(minutes=1)
+    with get_sessions(app).begin() as session:
+        session.add(JobRun(id="deadrun", message_id="msg_dead", job="probe", retried=0,
+                           attempts=1, trigger="qstash", status="running",
+                           started_at=past - timedelta(minutes=5), expires_at=past))
+        session.add(JobLease(job="probe", holder="deadrun", acquired_at=past,
+                             expires_at=past))
+    response = deliver(client, probe_body(marker), message_id="msg_dead", retried=1)
+    assert response.status_code == 200
+    assert response.get_json()["run_id"] == "deadrun"
+    [run] = runs(app)
+    assert (run.status, run.attempts) == ("succeeded", 2)
+    with get_sessions(app)() as session:
+        assert session.get_one(JobLease, "probe").holder is None
+
+
+def test_routing_errors_are_json(client: FlaskClient) -> None:
+    missing = client.get("/nope")
+    assert missing.status_code == 404
+    assert missing.get_json()["error"] == "not_found"
+    wrong_method = client.get("/api/qstash")
+    assert wrong_method.status_code == 405
+    assert wrong_method.get_json()["error"] == "method_not_allowed"
+    assert "POST" in wrong_method.headers["Allow"]
+
+
+def test_receiver_url_is_the_configured_public_url(client: FlaskClient, marker: Path) -> None:
+    # Behind a proxy the request arrives as http://10.0.0.5/...; APP_URL decides, not the Host.
+    body = probe_body(marker)
+    headers = delivery_headers(body, target="/api/cron/probe", url=RECEIVER_URL)
+    response = client.post("/api/qstash", data=body, headers=headers,
+                           base_url="http://10.0.0.5:8000")
+    assert response.status_code == 200
