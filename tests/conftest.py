@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import psycopg
 import pytest
@@ -64,19 +65,31 @@ def env(database_url: str) -> dict[str, str]:
     }
 
 
-def make_app(env: dict[str, str], *, migrate: bool = True) -> Flask:
-    app = create_app(env)
-    app.config["TESTING"] = True
-    if migrate:
-        db.upgrade(get_engine(app))
-    return app
+class AppFactory(Protocol):
+    def __call__(self, env: dict[str, str], *, migrate: bool = True) -> Flask: ...
 
 
 @pytest.fixture
-def app(env: dict[str, str]) -> Iterator[Flask]:
-    app = make_app(env)
-    yield app
-    get_engine(app).dispose()
+def make_app() -> Iterator[AppFactory]:
+    """Build apps from settings, migrated unless told otherwise; close their pools afterwards."""
+    made: list[Flask] = []
+
+    def factory(env: dict[str, str], *, migrate: bool = True) -> Flask:
+        app = create_app(env)
+        app.config["TESTING"] = True
+        made.append(app)
+        if migrate:
+            db.upgrade(get_engine(app))
+        return app
+
+    yield factory
+    for app in made:
+        get_engine(app).dispose()
+
+
+@pytest.fixture
+def app(make_app: AppFactory, env: dict[str, str]) -> Flask:
+    return make_app(env)
 
 
 @pytest.fixture

@@ -5,16 +5,18 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
+from werkzeug.test import TestResponse
 
 from service.db import utcnow
 from service.extensions import get_sessions
 from service.models import JobLease, JobRun
-from tests.conftest import make_app
+from tests.conftest import AppFactory
 from tests.helpers import APP_URL, RECEIVER_URL, delivery_headers, job_body, mint
 
 pytestmark = pytest.mark.usefixtures("probes")
@@ -29,10 +31,9 @@ def executions(marker: Path) -> list[str]:
     return marker.read_text().splitlines() if marker.exists() else []
 
 
-def deliver(client: FlaskClient, body: bytes, **options: object):  # type: ignore[no-untyped-def]
+def deliver(client: FlaskClient, body: bytes, **options: Any) -> TestResponse:
     options.setdefault("target", "/api/cron/probe")
-    return client.post("/api/qstash", data=body,
-                       headers=delivery_headers(body, **options))  # type: ignore[arg-type]
+    return client.post("/api/qstash", data=body, headers=delivery_headers(body, **options))
 
 
 def probe_body(marker: Path, **payload: object) -> bytes:
@@ -98,7 +99,9 @@ def test_rejected_requests_run_nothing_and_record_nothing(
     assert executions(marker) == []
 
 
-def test_unconfigured_keys_refuse_every_delivery(env: dict[str, str], marker: Path) -> None:
+def test_unconfigured_keys_refuse_every_delivery(
+    make_app: AppFactory, env: dict[str, str], marker: Path
+) -> None:
     del env["QSTASH_CURRENT_SIGNING_KEY"]
     env["QSTASH_NEXT_SIGNING_KEY"] = "not-a-key"
     app = make_app(env)
@@ -112,14 +115,16 @@ def test_unconfigured_keys_refuse_every_delivery(env: dict[str, str], marker: Pa
     assert executions(marker) == []
 
 
-def test_missing_app_url_refuses_deliveries(env: dict[str, str]) -> None:
+def test_missing_app_url_refuses_deliveries(make_app: AppFactory, env: dict[str, str]) -> None:
     del env["APP_URL"]
     response = make_app(env).test_client().post("/api/qstash", data=b"{}")
     assert response.status_code == 503
     assert response.get_json()["variables"] == ["APP_URL"]
 
 
-def test_oversized_body_is_refused_before_verification(env: dict[str, str]) -> None:
+def test_oversized_body_is_refused_before_verification(
+    make_app: AppFactory, env: dict[str, str]
+) -> None:
     env["MAX_BODY_BYTES"] = "2048"
     client = make_app(env).test_client()
     body = b'{"pad":"' + b"x" * 4096 + b'"}'

@@ -1,0 +1,39 @@
+# Set-up: `make run` serves the app locally; `make test` runs every check CI runs.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install lint test test-sqlite test-postgres run migrate clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test-sqlite: install
+	$(PY) -m pytest
+
+test-postgres: install
+	TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest
+
+test: lint test-sqlite test-postgres
+
+migrate: install
+	$(VENV)/bin/flask --app wsgi db upgrade
+
+run: migrate
+	LOG_FORMAT=$${LOG_FORMAT:-text} GUNICORN_BIND=$(HOST):$(PORT) GUNICORN_WORKERS=$${GUNICORN_WORKERS:-2} \
+		$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache

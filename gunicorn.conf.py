@@ -1,0 +1,17 @@
+# Read by gunicorn at start-up (not imported by the app).
+import multiprocessing
+import os
+
+from blueprints import BLUEPRINTS
+from service.jobs import JobBlueprint
+
+bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
+workers = int(os.environ.get("GUNICORN_WORKERS") or min(multiprocessing.cpu_count() * 2 + 1, 8))
+threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+# A worker must outlive the longest job: QStash cuts a delivery at the job's timeout.
+timeout = max(job.job.timeout for job in BLUEPRINTS if isinstance(job, JobBlueprint)) + 60
+graceful_timeout = 30
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")

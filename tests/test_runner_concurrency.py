@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from service.extensions import get_sessions
+from service.models import JobRun
+from tests.helpers import delivery_headers, job_body
+from tests.workers import deliver_in_fresh_process
+
+pytestmark = pytest.mark.usefixtures("probes")
+
+
+def executions(marker: Path) -> list[str]:
+    return marker.read_text().splitlines() if marker.exists() else []
+
+
+def all_runs(app: Flask) -> list[JobRun]:
+    with get_sessions(app)() as session:
+        return list(session.scalars(select(JobRun)))
+
+
+def test_same_message_from_many_threads_runs_once(app: Flask, marker: Path) -> None:
+    body = job_body("probe", marker=str(marker), sleep=0.3)
+    headers = delivery_headers(body, target="/api/cron/probe", message_id="msg_threads")
+    barrier = threading.Barrier(8)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def deliver() -> None:
+        client = app.test_client()
+        barrier.wait()
+        status = client.post("/api/qstash", data=body, headers=headers).status_code
+        with lock:
+            statuses.append(status)
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(executions(marker)) == 1
+    counts = Counter(statuses)
+    assert counts[200] >= 1
+    assert set(counts) <= {200, 503}
+    assert len(all_runs(app)) == 1
+
+
+def run_in_two_processes(env: dict[str, str], deliveries: list[tuple[bytes, dict[str, str]]]
+                         ) -> list[tuple[int, dict[str, object]]]:
+    start_at = time.time() + 3.0  # both processes are importing and ready by then
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+        futures = [pool.submit(deliver_in_fresh_process, env, body, headers, start_at)
+                   for body, headers in deliveries]
+        return [f.result(timeout=60) for f in futures]
+
+
+@pytest.mark.slow
+def test_same_message_from_two_processes_runs_once(
+    app: Flask, env: dict[str, str], marker: Path
+) -> None:
+    body = job_body("probe", marker=str(marker), sleep=0.5)
+    headers = delivery_headers(body, target="/api/cron/probe", message_id="msg_procs")
+    results = run_in_two_processes(env, [(body, headers), (body, headers)])
+    assert len(executions(marker)) == 1
+    statuses = sorted(status for status, _ in results)
+    assert statuses in ([200, 200], [200, 503])
+    assert len(all_runs(app)) == 1
+
+
+@pytest.mark.slow
+def test_overlap_guard_holds_across_processes(
+    app: Flask, env: dict[str, str], marker: Path
+) -> None:
+    body = job_body("probe", marker=str(marker), sleep=1.0)
+    deliveries = [(body, delivery_headers(body, target="/api/cron/probe", message_id=f"msg_{i}"))
+                  for i in (1, 2)]
+    results = run_in_two_processes(env, deliveries)
+    assert [status for status, _ in results] == [200, 200]
+    assert sorted(str(data["status"]) for _, data in results) == ["skipped", "succeeded"]
+    assert len(executions(marker)) == 1
+    assert sorted(run.status for run in all_runs(app)) == ["skipped", "succeeded"]
