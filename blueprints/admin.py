@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from service.auth import require_admin
 from service.errors import ValidationFailed
-from service.extensions import get_jobs, get_sessions
+from service.extensions import get_health_cache, get_jobs, get_sessions
+from service.health import qstash_health
 from service.jobs import run_history
 from service.models import RUN_STATUSES
 
@@ -32,3 +33,11 @@ def job_runs() -> Response:
         raise ValidationFailed(errors)
     runs = run_history(get_sessions(), job=job, status=status, limit=limit)
     return jsonify({"runs": runs, "count": len(runs)})
+
+
+@bp.get("/qstash-health")
+def qstash_health_report() -> tuple[Response, int]:
+    """Report configuration, QStash reachability, schedule drift and job runs (503 unless ok)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    report = get_health_cache().get(lambda: qstash_health(app))
+    return jsonify(report), 200 if report["status"] == "ok" else 503

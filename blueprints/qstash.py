@@ -2,13 +2,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from service.delivery import (
-    RECEIVER_PATH,
-    TARGET_HEADER,
-    dispatch,
-    resolve_target,
-    verify_qstash_request,
-)
+from service.delivery import dispatch, resolve_target, verify_qstash_request
+from service.jobs import RECEIVER_PATH, TARGET_HEADER
 
 bp = Blueprint("qstash", __name__)
 

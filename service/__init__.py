@@ -24,6 +24,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     extensions.init_app(app, settings, jobs.registry(BLUEPRINTS))
+    logs.log_config_report(extensions.get_config_report(app))
     logs.init_request_ids(app)
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)

@@ -12,14 +12,12 @@ from flask import Response, current_app, request
 from .auth import bearer_token, is_admin
 from .errors import NonRetryable, ServiceUnavailable, Unauthorized
 from .extensions import get_config_report, get_jobs, get_sessions, get_settings
-from .jobs import JOB_PATH_PREFIX, Delivery, Job, Trigger, run_job
+from .jobs import JOB_PATH_PREFIX, TARGET_HEADER, Delivery, Job, Trigger, run_job
 from .settings import SIGNING_KEY_VARS
 from .signature import SignatureRejected, verify_signature
 
 log = logging.getLogger("eleva.delivery")
 
-RECEIVER_PATH = "/api/qstash"
-TARGET_HEADER = "X-Qstash-Target-Url"
 MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 

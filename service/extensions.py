@@ -8,11 +8,15 @@ from flask import Flask, current_app
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from .cache import HealthCache
 from .db import default_database_url, make_engine, session_factory
+from .errors import ConfigurationError
 from .jobs import Job
+from .qstash_api import QStashApi
 from .settings import ConfigReport, Settings, validate_qstash_config
 
 KEY = "eleva"
+HEALTH_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,6 +28,9 @@ class Services:
     engine: Engine
     sessions: sessionmaker[Session]
     jobs: Mapping[str, Job]
+    qstash: QStashApi | None  # patient: schedule sync and publishing
+    qstash_probe: QStashApi | None  # impatient: health checks must answer within seconds
+    health_cache: HealthCache
 
 
 def init_app(app: Flask, settings: Settings, jobs: Mapping[str, Job]) -> None:
@@ -37,7 +44,19 @@ def init_app(app: Flask, settings: Settings, jobs: Mapping[str, Job]) -> None:
         engine=engine,
         sessions=session_factory(engine),
         jobs=dict(jobs),
+        qstash=_qstash(settings, timeout=10.0, attempts=5, max_wait=60.0),
+        qstash_probe=_qstash(settings, timeout=HEALTH_TIMEOUT, attempts=1,
+                             max_wait=HEALTH_TIMEOUT),
+        health_cache=HealthCache(),
     )
+
+
+def _qstash(settings: Settings, *, timeout: float, attempts: int,
+            max_wait: float) -> QStashApi | None:
+    if settings.qstash_token is None:
+        return None
+    return QStashApi(token=settings.qstash_token, base_url=settings.qstash_url,
+                     timeout=timeout, attempts=attempts, max_wait=max_wait)
 
 
 def services(app: Flask | None = None) -> Services:
@@ -62,6 +81,19 @@ def get_engine(app: Flask | None = None) -> Engine:
 
 def get_jobs(app: Flask | None = None) -> Mapping[str, Job]:
     return services(app).jobs
+
+
+def get_qstash(app: Flask | None = None, *, probe: bool = False) -> QStashApi:
+    """Return the QStash API client; raise ConfigurationError when QSTASH_TOKEN is unset."""
+    found = services(app).qstash_probe if probe else services(app).qstash
+    if found is None:
+        raise ConfigurationError("QSTASH_TOKEN is missing: copy the QStash token from the "
+                                 "Upstash console to talk to the QStash API")
+    return found
+
+
+def get_health_cache(app: Flask | None = None) -> HealthCache:
+    return services(app).health_cache
 
 
 def get_config_report(app: Flask | None = None) -> ConfigReport:

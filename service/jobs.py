@@ -25,6 +25,8 @@ log = logging.getLogger("eleva.jobs")
 Overlap = Literal["skip", "retry"]
 Trigger = Literal["qstash", "admin", "cli"]
 JOB_PATH_PREFIX = "/api/cron/"
+RECEIVER_PATH = "/api/qstash"
+TARGET_HEADER = "X-Qstash-Target-Url"  # forwarded by schedules as Upstash-Forward-X-Qstash-...
 # A crashed worker's run and lease are taken over this long after the job's timeout.
 LEASE_GRACE = timedelta(seconds=30)
 # Share of the job's timeout a run may spend claiming new work; the rest is headroom to finish.

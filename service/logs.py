@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from flask import Flask, Response, g, request
 
-from .settings import Settings
+from .settings import ConfigReport, Settings
 
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("log_context")
 LOG_FIELDS = ("request_id", "message_id", "job", "run_id")
@@ -87,6 +87,15 @@ def configure_logging(settings: Settings) -> None:
     logger.addHandler(handler)
     logger.setLevel(settings.log_level)
     logger.propagate = False
+
+
+def log_config_report(report: ConfigReport) -> None:
+    """Say at start-up, one line per problem, what the QStash configuration lacks."""
+    log = logging.getLogger("eleva.config")
+    for problem in report.problems:
+        log.warning("configuration problem: %s", problem,
+                    extra={"event": {"variable": problem.variable,
+                                     "severity": problem.severity}})
 
 
 def init_request_ids(app: Flask) -> None:

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import httpx
+from qstash import QStash
+from qstash.errors import QStashError, RateLimitExceededError
+
+from .schedules import DesiredSchedule, RemoteSchedule, remote_from_sdk
+
+log = logging.getLogger("eleva.qstash")
+T = TypeVar("T")
+STATUS_RE = re.compile(r"status: (\d{3})")
+DEFAULT_BASE_URL = "https://qstash.upstash.io"
+
+
+class QStashApiError(Exception):
+    """A QStash API call failed for good; `code` says why in one word."""
+
+    def __init__(self, message: str, *, code: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class QStashApi:
+    """The QStash calls the service makes, with one retry policy and a bounded wait.
+
+    Retries rate limits (honouring Burst-RateLimit-Reset), 5xx answers and network errors;
+    gives up at once on anything else. The SDK's own network retries are turned off so that
+    this is the only policy.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        base_url: str | None = None,
+        timeout: float = 10.0,
+        attempts: int = 5,
+        max_wait: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.base_url = base_url or DEFAULT_BASE_URL
+        self.client = QStash(token, retry=False, base_url=self.base_url)
+        # The SDK waits up to 600 s per call; nothing here may hang that long.
+        self.client.http._client.timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
+        self.attempts = attempts
+        self.max_wait = max_wait
+        self.sleep = sleep
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"QStashApi(base_url={self.base_url!r})"
+
+    def list_schedules(self) -> list[RemoteSchedule]:
+        """Return every schedule on the account."""
+        return [remote_from_sdk(s) for s in self._call("list schedules",
+                                                        self.client.schedule.list)]
+
+    def upsert_schedule(self, schedule: DesiredSchedule) -> str:
+        """Create or replace a schedule under its deterministic id."""
+        return self._call(f"upsert {schedule.schedule_id}", lambda: self.client.schedule.create(
+            destination=schedule.destination,
+            cron=schedule.cron,
+            body=schedule.body,
+            content_type=schedule.headers["Content-Type"][0],
+            method=schedule.method,  # type: ignore[arg-type]
+            headers={name: values[0] for name, values in schedule.headers.items()
+                     if name != "Content-Type"},
+            retries=schedule.retries,
+            timeout=schedule.timeout,
+            schedule_id=schedule.schedule_id,
+            label=schedule.label,
+        ))
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Delete a schedule; one that is already gone counts as deleted."""
+        if not schedule_id:
+            raise ValueError("refusing to delete a schedule with an empty id")
+        try:
+            self._call(f"delete {schedule_id}", lambda: self.client.schedule.delete(schedule_id))
+        except QStashApiError as exc:
+            if exc.status != 404:
+                raise
+
+    def publish(
+        self,
+        *,
+        url: str,
+        body: str,
+        headers: dict[str, str],
+        retries: int | None = None,
+        timeout: int | None = None,
+        deduplication_id: str | None = None,
+    ) -> str:
+        """Publish one message to url; return its message id."""
+        response = self._call("publish", lambda: self.client.message.publish(
+            url=url, body=body, content_type="application/json", headers=headers,
+            retries=retries, timeout=timeout, deduplication_id=deduplication_id,
+        ))
+        return str(response.message_id)  # type: ignore[union-attr]
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        started = self.clock()
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except RateLimitExceededError as exc:
+                wait = self._until_reset(exc.reset)
+                failure = QStashApiError(f"{what}: QStash rate limit", code="rate_limited",
+                                         status=429)
+            except QStashError as exc:
+                status = _status(exc)
+                if status in (401, 403):
+                    raise QStashApiError(
+                        f"{what}: QStash refused the token (HTTP {status}); check QSTASH_TOKEN "
+                        "and QSTASH_URL", code="auth_failed", status=status) from None
+                if status is None or status < 500:
+                    raise QStashApiError(f"{what}: {_describe(exc)}", code="request_failed",
+                                         status=status) from None
+                wait = min(self.max_wait, 0.5 * 2 ** (attempt - 1))
+                failure = QStashApiError(f"{what}: QStash answered HTTP {status}",
+                                         code="unavailable", status=status)
+            except httpx.HTTPError as exc:
+                wait = min(self.max_wait, 0.5 * 2 ** (attempt - 1))
+                failure = QStashApiError(
+                    f"{what}: cannot reach QStash at {self.base_url} ({type(exc).__name__})",
+                    code="unreachable")
+            spent = self.clock() - started
+            if attempt == self.attempts or spent + wait > self.max_wait:
+                raise failure
+            log.warning("%s; retrying in %.1fs (attempt %d of %d)", failure, wait, attempt,
+                        self.attempts)
+            self.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _until_reset(self, reset: str | None) -> float:
+        try:
+            # Burst-RateLimit-Reset is a unix time; some servers send seconds to wait.
+            value = float(reset) if reset else 1.0
+        except ValueError:
+            value = 1.0
+        wait = value - self.clock() if value > 1e9 else value
+        return max(0.2, min(wait, self.max_wait))
+
+
+def _status(exc: QStashError) -> int | None:
+    match = STATUS_RE.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+def _describe(exc: QStashError) -> str:
+    return str(exc)[:300]
