@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Protocol
+
+CURRENCY_RE = re.compile(r"^[a-z]{3}$")
+# Stripe caps idempotency keys at 255 characters; refuse longer ones before any call is made.
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+# Secret and restricted API keys, webhook secrets and bearer tokens must never reach logs or
+# error messages, whichever provider produced the text.
+_SECRET_RE = re.compile(r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]+|\bwhsec_[0-9A-Za-z]+")
+_AUTHORIZATION_RE = re.compile(r"(?i)\b(authorization:\s*(?:bearer|basic)\s+)[0-9A-Za-z._~+/=-]+")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferRequest:
+    """One transfer of an expert's share to their connected account."""
+
+    transfer_id: str
+    amount: int
+    currency: str
+    destination_account: str
+    idempotency_key: str
+    transfer_group: str
+    source_transaction: str | None
+    metadata: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.amount, bool) or not isinstance(self.amount, int) or self.amount <= 0:
+            raise ValueError(f"amount must be a positive count of minor units: {self.amount!r}")
+        if not CURRENCY_RE.match(self.currency):
+            raise ValueError(f"currency must be a lowercase ISO 4217 code, not {self.currency!r}")
+        if not self.idempotency_key or len(self.idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise ValueError("idempotency_key must be 1 to 255 characters")
+        # A read-only copy, so a caller mutating its dict cannot change a request already sent.
+        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferResult:
+    """A transfer the provider has created."""
+
+    provider_transfer_id: str
+    amount: int
+    currency: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PaymentState:
+    """Whether a customer's payment was refunded (fully or partially) or disputed."""
+
+    payment_id: str
+    refunded: bool
+    disputed: bool
+
+
+def redact_secrets(text: str) -> str:
+    """Replace API keys, webhook secrets and authorization credentials in text."""
+    text = _SECRET_RE.sub("[redacted]", text)
+    return _AUTHORIZATION_RE.sub(r"\1[redacted]", text)
+
+
+class ProviderError(Exception):
+    """A payout provider call failed; `code` is stable, the message is for operators only."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        provider_code: str | None = None,
+        request_id: str | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        self.message = redact_secrets(message)
+        self.code = code
+        self.provider_code = provider_code
+        self.request_id = request_id
+        self.http_status = http_status
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        details = [f"{name}={value}" for name, value in self._details() if value is not None]
+        suffix = f" ({', '.join(details)})" if details else ""
+        return f"{self.code}: {self.message}{suffix}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+    def _details(self) -> tuple[tuple[str, object], ...]:
+        return (
+            ("provider_code", self.provider_code),
+            ("http_status", self.http_status),
+            ("request_id", self.request_id),
+        )
+
+
+class TransientProviderError(ProviderError):
+    """A failure worth retrying later with the same idempotency key."""
+
+    retryable = True
+
+
+class PermanentProviderError(ProviderError):
+    """A failure that retrying cannot fix."""
+
+    retryable = False
+
+
+class PayoutProvider(Protocol):
+    """Moves an expert's share to their account and reports on customer payments."""
+
+    name: str
+
+    def create_transfer(self, request: TransferRequest) -> TransferResult:
+        """Create the transfer, or return the one already created with the same idempotency key."""
+        ...
+
+    def find_transfer(self, *, transfer_id: str, transfer_group: str) -> TransferResult | None:
+        """Return the transfer made for ledger row `transfer_id` within `transfer_group`, if any."""
+        ...
+
+    def payment_state(self, payment_id: str) -> PaymentState:
+        """Report whether the payment was refunded or disputed."""
+        ...

@@ -1,0 +1,583 @@
+from __future__ import annotations
+
+import base64
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import requests
+
+from service.payouts.provider import (
+    PayoutProvider,
+    PermanentProviderError,
+    ProviderError,
+    TransferRequest,
+    TransientProviderError,
+    redact_secrets,
+)
+from service.payouts.stripe_provider import StripePayoutProvider
+from service.stripe_local import PaymentStatus, StripeLocal, StripeLocalServer
+
+from .conftest import ACCOUNT, API_KEY
+
+MakeProvider = Callable[..., StripePayoutProvider]
+MakeRequest = Callable[..., TransferRequest]
+
+
+def transfer_posts(stripe_local: StripeLocal) -> list[str | None]:
+    return [
+        r.idempotency_key
+        for r in stripe_local.requests
+        if (r.method, r.path) == ("POST", "/v1/transfers")
+    ]
+
+
+def test_provider_satisfies_the_protocol(provider: StripePayoutProvider) -> None:
+    as_protocol: PayoutProvider = provider
+    assert as_protocol.name == "stripe"
+
+
+def test_create_transfer_sends_the_form_parameters_and_idempotency_key(
+    provider: StripePayoutProvider, stripe_local: StripeLocal, make_request: MakeRequest
+) -> None:
+    payment = stripe_local.add_payment(amount=10_000, currency="eur")
+    request = make_request(
+        "42", source_transaction=payment.charge_id, idempotency_key="staging:transfer:42"
+    )
+
+    result = provider.create_transfer(request)
+
+    [sent] = stripe_local.requests
+    assert (sent.method, sent.path) == ("POST", "/v1/transfers")
+    assert sent.idempotency_key == "staging:transfer:42"
+    assert sent.params == {
+        "amount": "8500",
+        "currency": "eur",
+        "destination": ACCOUNT,
+        "transfer_group": "payment_pi_123",
+        "source_transaction": payment.charge_id,
+        "metadata[transfer_id]": "42",
+        "metadata[expert_id]": "expert_7",
+        "metadata[payment_id]": "pi_123",
+    }
+    [transfer] = stripe_local.transfers
+    assert result.provider_transfer_id == transfer["id"]
+    assert result.provider_transfer_id.startswith("tr_")
+    assert (result.amount, result.currency) == (8500, "eur")
+    assert transfer["destination"] == ACCOUNT
+    assert transfer["source_transaction"] == payment.charge_id
+    assert transfer["metadata"] == {
+        "transfer_id": "42",
+        "expert_id": "expert_7",
+        "payment_id": "pi_123",
+    }
+
+
+def test_create_transfer_omits_a_missing_source_transaction(
+    provider: StripePayoutProvider, stripe_local: StripeLocal, make_request: MakeRequest
+) -> None:
+    provider.create_transfer(make_request(source_transaction=None))
+
+    [sent] = stripe_local.requests
+    assert "source_transaction" not in sent.params
+    assert stripe_local.transfers[0]["source_transaction"] is None
+
+
+def test_the_same_key_twice_creates_one_transfer(
+    provider: StripePayoutProvider, stripe_local: StripeLocal, make_request: MakeRequest
+) -> None:
+    first = provider.create_transfer(make_request("7"))
+    second = provider.create_transfer(make_request("7"))
+
+    assert first == second
+    assert len(stripe_local.transfers) == 1
+    assert stripe_local.calls_by_idempotency_key == {"test:transfer:7": 2}
+
+
+def test_different_keys_create_different_transfers(
+    provider: StripePayoutProvider, stripe_local: StripeLocal, make_request: MakeRequest
+) -> None:
+    first = provider.create_transfer(make_request("1"))
+    second = provider.create_transfer(make_request("2"))
+
+    assert first.provider_transfer_id != second.provider_transfer_id
+    assert stripe_local.stats()["transfers_by_metadata_transfer_id"] == {"1": 1, "2": 1}
+
+
+def test_sdk_retries_a_server_error_with_the_same_key(
+    make_provider: MakeProvider, stripe_local: StripeLocal, make_request: MakeRequest
+) -> None:
+    provider = make_provider(max_network_retries=2)
+    stripe_local.fail_next(500)
+
+    result = provider.create_transfer(make_request("9"))
+
+    assert transfer_posts(stripe_local) == ["test:transfer:9", "test:transfer:9"]
+    [transfer] = stripe_local.transfers
+    assert result.provider_transfer_id == transfer["id"]
+
+
+def test_sdk_retry_after_a_lost_response_replays_the_transfer(
+    make_provider: MakeProvider, stripe_local: StripeLocal, make_request: MakeRequest
+) -> None:
+    provider = make_provider(max_network_retries=2)
+    stripe_local.drop_next(after_processing=True)
+
+    result = provider.create_transfer(make_request("9"))
+
+    assert transfer_posts(stripe_local) == ["test:transfer:9", "test:transfer:9"]
+    [transfer] = stripe_local.transfers
+    assert result.provider_transfer_id == transfer["id"]
+
+
+def test_a_lost_response_is_transient_and_the_next_call_finds_the_transfer(
+    provider: StripePayoutProvider, stripe_local: StripeLocal, make_request: MakeRequest
+) -> None:
+    stripe_local.drop_next(after_processing=True)
+
+    with pytest.raises(TransientProviderError) as raised:
+        provider.create_transfer(make_request("5"))
+
+    assert raised.value.code == "connection_error"
+    [transfer] = stripe_local.transfers
+    found = provider.find_transfer(transfer_id="5", transfer_group="payment_pi_123")
+    assert found is not None and found.provider_transfer_id == transfer["id"]
+    again = provider.create_transfer(make_request("5"))
+    assert again.provider_transfer_id == transfer["id"]
+    assert len(stripe_local.transfers) == 1
+
+
+def test_a_request_dropped_before_processing_creates_nothing(
+    provider: StripePayoutProvider, stripe_local: StripeLocal, make_request: MakeRequest
+) -> None:
+    stripe_local.drop_next(after_processing=False)
+
+    with pytest.raises(TransientProviderError) as raised:
+        provider.create_transfer(make_request("5"))
+
+    assert raised.value.code == "connection_error"
+    assert stripe_local.transfers == []
+    assert provider.find_transfer(transfer_id="5", transfer_group="payment_pi_123") is None
+
+
+@pytest.mark.parametrize(
+    ("status", "options", "kind", "code"),
+    [
+        (429, {}, TransientProviderError, "rate_limited"),
+        (500, {}, TransientProviderError, "provider_unavailable"),
+        (503, {}, TransientProviderError, "provider_unavailable"),
+        (409, {"error_type": "api_error"}, TransientProviderError, "conflict"),
+        (400, {"code": "balance_insufficient"}, TransientProviderError, "balance_insufficient"),
+        (400, {"code": "account_invalid"}, PermanentProviderError, "account_invalid"),
+        (400, {"code": "parameter_invalid_integer"}, PermanentProviderError, "invalid_request"),
+        (400, {"error_type": "idempotency_error"}, PermanentProviderError, "idempotency_conflict"),
+        (401, {}, PermanentProviderError, "authentication_failed"),
+        (402, {"error_type": "card_error"}, PermanentProviderError, "card_error"),
+        (403, {}, PermanentProviderError, "permission_denied"),
+        (404, {"code": "resource_missing"}, PermanentProviderError, "not_found"),
+    ],
+)
+def test_stripe_errors_are_classified(
+    provider: StripePayoutProvider,
+    stripe_local: StripeLocal,
+    make_request: MakeRequest,
+    status: int,
+    options: dict[str, Any],
+    kind: type[ProviderError],
+    code: str,
+) -> None:
+    stripe_local.fail_next(status, **options)
+
+    with pytest.raises(ProviderError) as raised:
+        provider.create_transfer(make_request())
+
+    error = raised.value
+    assert type(error) is kind
+    assert error.code == code
+    assert error.retryable is (kind is TransientProviderError)
+    assert error.http_status == status
+    assert error.request_id is not None and error.request_id.startswith("req_")
+    assert stripe_local.transfers == []
+
+
+def test_rate_limit_keeps_stripe_code_and_request_id_for_logs(
+    provider: StripePayoutProvider, stripe_local: StripeLocal, make_request: MakeRequest
+) -> None:
+    stripe_local.fail_next(429)
+
+    with pytest.raises(TransientProviderError) as raised:
+        provider.create_transfer(make_request())
+
+    error = raised.value
+    assert error.provider_code == "rate_limit"
+    assert error.request_id is not None
+    assert error.request_id in str(error)
+    assert str(error).startswith("rate_limited: ")
+
+
+def test_connection_refused_is_transient(
+    make_provider: MakeProvider, make_request: MakeRequest
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    provider = make_provider(api_base=f"http://127.0.0.1:{closed_port}")
+
+    with pytest.raises(TransientProviderError) as raised:
+        provider.create_transfer(make_request())
+
+    assert raised.value.code == "connection_error"
+    assert raised.value.retryable is True
+
+
+def test_a_timeout_is_transient(
+    make_provider: MakeProvider, stripe_local: StripeLocal, make_request: MakeRequest
+) -> None:
+    provider = make_provider(timeout=0.1)
+    stripe_local.latency = 0.4
+
+    with pytest.raises(TransientProviderError) as raised:
+        provider.payment_state("pi_slow")
+
+    assert raised.value.code == "connection_error"
+    assert "timed out" in str(raised.value).lower()
+
+
+def test_unknown_destination_is_permanent(
+    provider: StripePayoutProvider, stripe_local: StripeLocal, make_request: MakeRequest
+) -> None:
+    with pytest.raises(PermanentProviderError) as raised:
+        provider.create_transfer(make_request(destination_account="acct_unknown"))
+
+    error = raised.value
+    assert error.code == "account_invalid"
+    assert error.provider_code == "resource_missing"
+    assert error.http_status == 400
+    assert "acct_unknown" in str(error)
+    assert stripe_local.transfers == []
+
+
+def test_unknown_source_charge_is_permanent(
+    provider: StripePayoutProvider, stripe_local: StripeLocal, make_request: MakeRequest
+) -> None:
+    with pytest.raises(PermanentProviderError) as raised:
+        provider.create_transfer(make_request(source_transaction="ch_missing"))
+
+    assert raised.value.code == "not_found"
+    assert stripe_local.transfers == []
+
+
+def test_a_key_reused_with_other_parameters_is_an_idempotency_conflict(
+    provider: StripePayoutProvider, stripe_local: StripeLocal, make_request: MakeRequest
+) -> None:
+    provider.create_transfer(make_request("3", amount=1000))
+
+    with pytest.raises(PermanentProviderError) as raised:
+        provider.create_transfer(make_request("3", amount=2000))
+
+    assert raised.value.code == "idempotency_conflict"
+    assert raised.value.http_status == 400
+    assert [t["amount"] for t in stripe_local.transfers] == [1000]
+
+
+def test_a_wrong_api_key_is_permanent_and_never_shown(
+    make_provider: MakeProvider, stripe_local: StripeLocal, make_request: MakeRequest
+) -> None:
+    wrong_key = "sk_test_wrongKeyThatMustStaySecret99"
+    provider = make_provider(api_key=wrong_key)
+
+    with pytest.raises(PermanentProviderError) as raised:
+        provider.create_transfer(make_request())
+
+    error = raised.value
+    assert error.code == "authentication_failed"
+    assert error.http_status == 401
+    for text in (str(error), repr(error), *map(str, error.args)):
+        assert wrong_key not in text
+        assert API_KEY not in text
+    assert wrong_key not in repr(provider)
+    assert stripe_local.transfers == []
+
+
+@pytest.mark.parametrize("key", [API_KEY, "opaque-secret-without-stripe-prefix"])
+def test_an_api_key_echoed_by_the_server_is_redacted(
+    make_provider: MakeProvider, stripe_local: StripeLocal, make_request: MakeRequest, key: str
+) -> None:
+    stripe_local.api_key = key
+    provider = make_provider(api_key=key)
+    stripe_local.fail_next(401, message=f"Invalid API Key provided: {key}")
+
+    with pytest.raises(PermanentProviderError) as raised:
+        provider.create_transfer(make_request())
+
+    assert "Invalid API Key provided: [redacted]" in str(raised.value)
+    assert key not in str(raised.value)
+    assert key not in repr(raised.value)
+
+
+def test_find_transfer_matches_metadata_within_the_group(
+    provider: StripePayoutProvider, make_request: MakeRequest
+) -> None:
+    first = provider.create_transfer(make_request("1"))
+    second = provider.create_transfer(make_request("2"))
+    provider.create_transfer(make_request("3", transfer_group="payment_other"))
+
+    assert provider.find_transfer(transfer_id="1", transfer_group="payment_pi_123") == first
+    assert provider.find_transfer(transfer_id="2", transfer_group="payment_pi_123") == second
+    assert provider.find_transfer(transfer_id="3", transfer_group="payment_pi_123") is None
+    assert provider.find_transfer(transfer_id="9", transfer_group="payment_pi_123") is None
+
+
+def test_find_transfer_pages_through_large_groups(
+    provider: StripePayoutProvider, stripe_local: StripeLocal
+) -> None:
+    created = [
+        stripe_local.create_transfer(
+            {
+                "amount": "100",
+                "currency": "eur",
+                "destination": ACCOUNT,
+                "transfer_group": "payment_big",
+                "metadata": {"transfer_id": str(n)},
+            },
+            f"test:transfer:{n}",
+        )
+        for n in range(150)
+    ]
+
+    # Stripe lists newest first, so the oldest transfer is only on the second page.
+    found = provider.find_transfer(transfer_id="0", transfer_group="payment_big")
+
+    assert found is not None and found.provider_transfer_id == created[0]["id"]
+    lists = [r.params for r in stripe_local.requests if r.method == "GET"]
+    assert lists[0] == {"transfer_group": "payment_big", "limit": "100"}
+    assert lists[1]["starting_after"] == created[50]["id"]
+    assert len(lists) == 2
+
+
+def test_find_transfer_errors_are_classified(
+    provider: StripePayoutProvider, stripe_local: StripeLocal
+) -> None:
+    stripe_local.fail_next(503, method="GET")
+
+    with pytest.raises(TransientProviderError) as raised:
+        provider.find_transfer(transfer_id="1", transfer_group="payment_pi_123")
+
+    assert raised.value.code == "provider_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("status", "refunded", "disputed"),
+    [
+        ("paid", False, False),
+        ("refunded", True, False),
+        ("partially_refunded", True, False),
+        ("disputed", False, True),
+    ],
+)
+def test_payment_state_of_a_payment_intent(
+    provider: StripePayoutProvider,
+    stripe_local: StripeLocal,
+    status: PaymentStatus,
+    refunded: bool,
+    disputed: bool,
+) -> None:
+    payment = stripe_local.add_payment(amount=5000, status=status)
+
+    by_intent = provider.payment_state(payment.payment_intent_id)
+    by_charge = provider.payment_state(payment.charge_id)
+
+    assert (by_intent.payment_id, by_intent.refunded, by_intent.disputed) == (
+        payment.payment_intent_id,
+        refunded,
+        disputed,
+    )
+    assert (by_charge.payment_id, by_charge.refunded, by_charge.disputed) == (
+        payment.charge_id,
+        refunded,
+        disputed,
+    )
+    intent_get, charge_get = stripe_local.requests
+    assert intent_get.path == f"/v1/payment_intents/{payment.payment_intent_id}"
+    assert intent_get.params == {"expand[0]": "latest_charge"}
+    assert charge_get.path == f"/v1/charges/{payment.charge_id}"
+
+
+def test_payment_state_follows_a_later_refund(
+    provider: StripePayoutProvider, stripe_local: StripeLocal
+) -> None:
+    payment = stripe_local.add_payment(amount=5000)
+    assert provider.payment_state(payment.payment_intent_id).refunded is False
+
+    stripe_local.refund(payment.payment_intent_id, amount=1)
+
+    assert provider.payment_state(payment.payment_intent_id).refunded is True
+
+
+def test_payment_state_of_an_unknown_payment_is_not_found(
+    provider: StripePayoutProvider,
+) -> None:
+    with pytest.raises(PermanentProviderError) as raised:
+        provider.payment_state("pi_missing")
+
+    assert raised.value.code == "not_found"
+
+
+def test_payment_state_rejects_other_ids_without_calling_stripe(
+    provider: StripePayoutProvider, stripe_local: StripeLocal
+) -> None:
+    with pytest.raises(PermanentProviderError) as raised:
+        provider.payment_state("cs_checkout_session")
+
+    assert raised.value.code == "invalid_request"
+    assert stripe_local.requests == []
+
+
+def test_transfer_request_validates_its_invariants(make_request: MakeRequest) -> None:
+    for changes in (
+        {"amount": 0},
+        {"amount": -5},
+        {"amount": True},
+        {"amount": 10.5},
+        {"currency": "EUR"},
+        {"currency": "euro"},
+        {"idempotency_key": ""},
+        {"idempotency_key": "k" * 256},
+    ):
+        with pytest.raises(ValueError):
+            make_request(**changes)
+
+
+def test_transfer_request_keeps_its_own_copy_of_metadata(make_request: MakeRequest) -> None:
+    metadata = {"transfer_id": "1"}
+    request = make_request("1", metadata=metadata)
+
+    metadata["transfer_id"] = "2"
+
+    assert request.metadata == {"transfer_id": "1"}
+    with pytest.raises(TypeError):
+        request.metadata["transfer_id"] = "3"  # type: ignore[index]
+
+
+def test_redact_secrets() -> None:
+    text = (
+        "key sk_live_abcDEF123 and rk_test_XYZ, hook whsec_abc, "
+        "header Authorization: Bearer tok.en-1 and Authorization: Basic c2tfdGVzdDo="
+    )
+
+    assert redact_secrets(text) == (
+        "key [redacted] and [redacted], hook [redacted], "
+        "header Authorization: Bearer [redacted] and Authorization: Basic [redacted]"
+    )
+
+
+# The double itself, at the wire level, where the SDK hides what Stripe would answer.
+
+
+def post_transfer(
+    server: StripeLocalServer, *, key: str | None = "k1", auth: str | None = None, **form: str
+) -> requests.Response:
+    headers = {"Authorization": auth or f"Bearer {API_KEY}"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    data = {"amount": "100", "currency": "eur", "destination": ACCOUNT, **form}
+    return requests.post(f"{server.url}/v1/transfers", data=data, headers=headers, timeout=5)
+
+
+def test_double_answers_a_replay_with_the_stored_response(
+    stripe_server: StripeLocalServer,
+) -> None:
+    first = post_transfer(stripe_server, **{"metadata[transfer_id]": "1"})
+    replay = post_transfer(stripe_server, **{"metadata[transfer_id]": "1"})
+
+    assert first.status_code == replay.status_code == 200
+    assert replay.json() == first.json()
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert replay.headers["Original-Request"] == first.headers["Request-Id"]
+    assert replay.headers["Request-Id"] != first.headers["Request-Id"]
+    assert first.json()["metadata"] == {"transfer_id": "1"}
+
+
+def test_double_accepts_basic_auth_and_rejects_a_missing_key(
+    stripe_server: StripeLocalServer,
+) -> None:
+    basic = "Basic " + base64.b64encode(f"{API_KEY}:".encode()).decode()
+
+    accepted = post_transfer(stripe_server, auth=basic)
+    rejected = requests.get(f"{stripe_server.url}/v1/transfers", timeout=5)
+
+    assert accepted.status_code == 200
+    assert rejected.status_code == 401
+    assert rejected.json()["error"]["type"] == "invalid_request_error"
+    assert "did not provide an API key" in rejected.json()["error"]["message"]
+
+
+def test_double_rejects_unknown_parameters_and_keys_reused_elsewhere(
+    stripe_server: StripeLocalServer,
+) -> None:
+    unknown = post_transfer(stripe_server, key="k2", application_fee="1")
+    created = post_transfer(stripe_server, key="k3")
+    conflict = post_transfer(stripe_server, key="k3", amount="101")
+
+    assert unknown.status_code == 400
+    assert unknown.json()["error"] == {
+        "type": "invalid_request_error",
+        "code": "parameter_unknown",
+        "param": "application_fee",
+        "message": "Received unknown parameter: application_fee",
+    }
+    assert created.status_code == 200
+    assert conflict.status_code == 400
+    assert conflict.json()["error"]["type"] == "idempotency_error"
+
+
+def test_double_lists_transfers_newest_first_with_cursors(
+    stripe_server: StripeLocalServer,
+) -> None:
+    ids = [post_transfer(stripe_server, key=f"k{n}").json()["id"] for n in range(3)]
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    page = requests.get(
+        f"{stripe_server.url}/v1/transfers", params={"limit": 2}, headers=headers, timeout=5
+    ).json()
+    rest = requests.get(
+        f"{stripe_server.url}/v1/transfers",
+        params={"limit": 2, "starting_after": page["data"][-1]["id"]},
+        headers=headers,
+        timeout=5,
+    ).json()
+
+    assert [t["id"] for t in page["data"]] == [ids[2], ids[1]]
+    assert page["has_more"] is True and page["url"] == "/v1/transfers"
+    assert [t["id"] for t in rest["data"]] == [ids[0]]
+    assert rest["has_more"] is False
+    newer = requests.get(
+        f"{stripe_server.url}/v1/transfers",
+        params={"limit": 1, "ending_before": ids[0]},
+        headers=headers,
+        timeout=5,
+    ).json()
+    assert [t["id"] for t in newer["data"]] == [ids[1]]
+    assert newer["has_more"] is True
+
+
+def test_double_publishes_stats_and_takes_controls_over_http(
+    stripe_server: StripeLocalServer,
+) -> None:
+    url = stripe_server.url
+    account = requests.post(f"{url}/_test/accounts", json={"id": "acct_remote"}, timeout=5)
+    fault = requests.post(f"{url}/_test/faults", json={"status": 429}, timeout=5)
+    limited = post_transfer(stripe_server, key="k1", destination="acct_remote")
+    created = post_transfer(stripe_server, key="k1", destination="acct_remote")
+
+    stats = requests.get(f"{url}/_test/stats", timeout=5).json()
+
+    assert account.json() == {"id": "acct_remote"} and fault.status_code == 200
+    assert limited.status_code == 429
+    assert limited.json()["error"]["code"] == "rate_limit"
+    assert created.status_code == 200
+    assert stats["transfers"] == 1
+    assert stats["calls_by_idempotency_key"] == {"k1": 2}
+    assert stats["transfer_by_idempotency_key"] == {"k1": created.json()["id"]}
