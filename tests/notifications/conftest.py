@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from service.notifications import Notice
+
+HOST = "127.0.0.1"
+RECIPIENT = "ana@example.com"
+MAIL_FROM = "Eleva Care <payouts@eleva.test>"
+
+PAYLOADS: Mapping[str, Mapping[str, Any]] = {
+    "upcoming_payout": {
+        "first_name": "Ana",
+        "amount": 123450,
+        "currency": "eur",
+        "scheduled_date": "2025-03-14",
+    },
+    "payout_sent": {
+        "first_name": "Ana",
+        "amount": 123450,
+        "currency": "eur",
+        "sent_date": "2025-03-14",
+        "reference": "42",
+    },
+    "payout_failed": {
+        "first_name": "Ana",
+        "amount": 123450,
+        "currency": "eur",
+        "reference": "42",
+    },
+}
+
+
+def make_notice(kind: str = "upcoming_payout", /, **payload: Any) -> Notice:
+    """Build a valid notice of `kind`, with payload fields overridden by keyword."""
+    return Notice(
+        recipient=RECIPIENT,
+        kind=kind,
+        payload={**PAYLOADS.get(kind, {}), **payload},
+        dedup_key=f"{kind}:42",
+    )
+
+
+def free_port() -> int:
+    """Return a loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RecordingHandler:
+    """Record accepted messages; refuse RCPT or DATA with a fixed reply when told to."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Envelope] = []
+        self.over_tls: list[bool] = []
+        self.authenticated: list[bool] = []
+        self.rcpt_reply: str | None = None
+        self.data_reply: str | None = None
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if self.rcpt_reply is not None:
+            return self.rcpt_reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.data_reply is not None:
+            return self.data_reply
+        self.envelopes.append(envelope)
+        assert server.transport is not None
+        # Covers implicit TLS too, which aiosmtpd does not record in session.ssl.
+        self.over_tls.append(server.transport.get_extra_info("ssl_object") is not None)
+        self.authenticated.append(bool(session.authenticated))
+        return "250 Message accepted for delivery"
+
+
+class Authenticator:
+    """Accept exactly one login and password; remember every attempt's login."""
+
+    def __init__(self, *, login: str, password: str) -> None:
+        self.login = login
+        self.password = password
+        self.attempts: list[str] = []
+
+    def __call__(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        mechanism: str,
+        auth_data: object,
+    ) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        self.attempts.append(auth_data.login.decode())
+        ok = (auth_data.login.decode(), auth_data.password.decode()) == (self.login, self.password)
+        return AuthResult(success=ok, handled=False)
+
+
+@dataclass
+class SmtpServer:
+    handler: RecordingHandler
+    port: int
+
+    def url(self, scheme: str = "smtp", *, userinfo: str = "", query: str = "") -> str:
+        at = "@" if userinfo else ""
+        suffix = f"?{query}" if query else ""
+        return f"{scheme}://{userinfo}{at}{HOST}:{self.port}{suffix}"
+
+
+StartSmtp = Callable[..., SmtpServer]
+
+
+@pytest.fixture
+def start_smtp() -> Iterator[StartSmtp]:
+    """Start real SMTP servers on loopback (keywords go to aiosmtpd) and stop them afterwards."""
+    controllers: list[Controller] = []
+
+    def start(*, port: int | None = None, **smtp_options: Any) -> SmtpServer:
+        handler = RecordingHandler()
+        port = port or free_port()
+        controller = Controller(
+            handler,
+            hostname=HOST,
+            port=port,
+            server_hostname="localhost",
+            ready_timeout=5.0,
+            **smtp_options,
+        )
+        controller.start()
+        controllers.append(controller)
+        return SmtpServer(handler=handler, port=port)
+
+    yield start
+    for controller in reversed(controllers):
+        controller.stop()
+
+
+@pytest.fixture
+def smtp_server(start_smtp: StartSmtp) -> SmtpServer:
+    return start_smtp()
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Mint a throwaway self-signed certificate for localhost and 127.0.0.1."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is needed to mint a test certificate")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-nodes", "-days", "1",
+            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-keyout", str(key), "-out", str(cert),
+            "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def server_tls(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
