@@ -59,6 +59,15 @@ def _qstash(settings: Settings, *, timeout: float, attempts: int,
                      timeout=timeout, attempts=attempts, max_wait=max_wait)
 
 
+def close(app: Flask) -> None:
+    """Release the app's connections: database pool and HTTP clients."""
+    found = services(app)
+    found.engine.dispose()
+    for api in (found.qstash, found.qstash_probe):
+        if api is not None:
+            api.close()
+
+
 def services(app: Flask | None = None) -> Services:
     app = app or cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
     try:

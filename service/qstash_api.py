@@ -43,7 +43,7 @@ class QStashApi:
         timeout: float = 10.0,
         attempts: int = 5,
         max_wait: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.base_url = base_url or DEFAULT_BASE_URL
@@ -52,8 +52,11 @@ class QStashApi:
         self.client.http._client.timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
         self.attempts = attempts
         self.max_wait = max_wait
-        self.sleep = sleep
+        self.sleep = sleep or (lambda seconds: wait(seconds))
         self.clock = clock
+
+    def close(self) -> None:
+        self.client.http._client.close()
 
     def __repr__(self) -> str:
         return f"QStashApi(base_url={self.base_url!r})"
@@ -148,6 +151,11 @@ class QStashApi:
             value = 1.0
         wait = value - self.clock() if value > 1e9 else value
         return max(0.2, min(wait, self.max_wait))
+
+
+def wait(seconds: float) -> None:
+    """Sleep between retries (looked up at call time, so tests can record the waits)."""
+    time.sleep(seconds)
 
 
 def _status(exc: QStashError) -> int | None:

@@ -11,8 +11,9 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy.engine import make_url
 
-from service import create_app, db
+from service import create_app, db, extensions
 from service.extensions import get_engine
+from service.qstash_local import DEV_TOKEN, LocalQStash, LocalQStashConfig, RunningServer, serve
 from tests.helpers import ADMIN_TOKEN, APP_URL, CURRENT_KEY, NEXT_KEY
 
 SETTING_PREFIXES = (
@@ -84,7 +85,7 @@ def make_app() -> Iterator[AppFactory]:
 
     yield factory
     for app in made:
-        get_engine(app).dispose()
+        extensions.close(app)
 
 
 @pytest.fixture
@@ -114,3 +115,18 @@ def probes(monkeypatch: pytest.MonkeyPatch) -> None:
 def marker(tmp_path: Path) -> Path:
     """A file the probe job appends one line to per execution."""
     return tmp_path / "executions.log"
+
+
+@pytest.fixture
+def local_qstash() -> Iterator[tuple[LocalQStash, RunningServer]]:
+    """A QStash-compatible server on loopback, accepting any destination (nothing is fired)."""
+    local = LocalQStash(LocalQStashConfig(allow_remote_destinations=True))
+    with serve(local) as server:
+        yield local, server
+
+
+@pytest.fixture
+def qstash_env(env: dict[str, str], local_qstash: tuple[LocalQStash, RunningServer]
+               ) -> dict[str, str]:
+    """Settings pointing the service at the local QStash server."""
+    return {**env, "QSTASH_URL": local_qstash[1].url, "QSTASH_TOKEN": DEV_TOKEN}
