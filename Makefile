@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/shellcheck docker-entrypoint.sh .ci/run
 
 test-sqlite: install
 	$(PY) -m pytest

@@ -89,7 +89,7 @@ def test_slow_qstash_is_cut_off(
 
     original = local.app.wsgi_app
 
-    def slow(environ, start_response):  # type: ignore[no-untyped-def]
+    def slow(environ, start_response):
         if Request(environ).path == "/v2/schedules":
             time.sleep(4)
         return original(environ, start_response)

@@ -1,0 +1,38 @@
+#!/bin/sh
+# Container start-up: migrate, sync the QStash schedules, then hand over to the server (CMD).
+set -eu
+
+say() {
+    # One JSON object per line, like the service's own logs.
+    printf '{"level":"%s","logger":"entrypoint","message":"%s"}\n' "$1" \
+        "$(printf '%s' "$2" | tr '\n' ' ' | sed 's/\\/\\\\/g; s/"/\\"/g')"
+}
+
+if ! flask db upgrade; then
+    say error "database migration failed; check DATABASE_URL and that the database is reachable"
+    exit 1
+fi
+
+status=0
+errors=$(mktemp)
+flask qstash update 2>"$errors" || status=$?
+reason=$(sed 's/^Error: //' "$errors")
+cat "$errors" >&2
+rm -f "$errors"
+case "$status" in
+    0)
+        say info "QStash schedules are in sync"
+        ;;
+    3)
+        say warning "schedules were not created or updated: $reason"
+        ;;
+    *)
+        if [ "${QSTASH_UPDATE_STRICT:-false}" = "true" ]; then
+            say error "flask qstash update failed (exit $status); exiting because QSTASH_UPDATE_STRICT=true"
+            exit "$status"
+        fi
+        say error "flask qstash update failed (exit $status): $reason. Schedules may be missing or stale; starting anyway. Fix the cause, then run flask qstash update"
+        ;;
+esac
+
+exec "$@"
