@@ -6,7 +6,7 @@ TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install lint test test-sqlite test-postgres run migrate clean
+.PHONY: install lint test test-sqlite test-postgres run serve demo migrate clean
 
 install: $(VENV)/.installed
 
@@ -33,7 +33,16 @@ test: lint test-sqlite test-postgres
 migrate: install
 	$(VENV)/bin/flask --app wsgi db upgrade
 
-run: migrate
+# The whole system: local QStash, the service, a schedule sync and one run of each job.
+run: install
+	$(PY) -m service.devstack run
+
+# The same, once: exits 0 only if all three jobs succeeded.
+demo: install
+	$(PY) -m service.devstack demo
+
+# Only the service, with the settings from the environment or .env.
+serve: migrate
 	LOG_FORMAT=$${LOG_FORMAT:-text} GUNICORN_BIND=$(HOST):$(PORT) GUNICORN_WORKERS=$${GUNICORN_WORKERS:-2} \
 		$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 

@@ -1,0 +1,235 @@
+"""Run the whole system on one machine: local QStash, the service under gunicorn, and a first sync.
+
+`python -m service.devstack run` keeps everything up until Ctrl-C; `demo` triggers the three jobs
+once, prints what each did and exits 0 only if all three succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from .qstash_local import (
+    DEV_CURRENT_SIGNING_KEY,
+    DEV_NEXT_SIGNING_KEY,
+    DEV_TOKEN,
+    LocalQStash,
+    LocalQStashConfig,
+    RunningServer,
+    serve,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+JOBS = ("process-tasks", "check-upcoming-payouts", "process-expert-transfers")
+
+
+class StackError(Exception):
+    """The local stack could not start or a step failed; the message says which."""
+
+
+def say(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def pick_port(host: str, wanted: int, what: str) -> int:
+    """Return wanted if free, else a free port (saying so)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, wanted))
+            return wanted
+        except OSError:
+            pass
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port = int(sock.getsockname()[1])
+    say(f"port {wanted} is taken; {what} uses {port} instead")
+    return port
+
+
+def stack_env(base: Mapping[str, str], *, app_url: str, qstash_url: str) -> dict[str, str]:
+    """Return the environment that points the service at the local QStash server."""
+    env = dict(base)
+    env.update({
+        "APP_URL": app_url,
+        "QSTASH_URL": qstash_url,
+        "QSTASH_TOKEN": DEV_TOKEN,
+        "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
+        "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY,
+        "FLASK_APP": "wsgi",
+    })
+    env.setdefault("ADMIN_API_TOKEN", "dev-" + secrets.token_urlsafe(16))
+    env.setdefault("APP_ENV", "development")
+    env.setdefault("LOG_FORMAT", "text")
+    env.setdefault("GUNICORN_WORKERS", "2")
+    return env
+
+
+def flask(env: Mapping[str, str], *args: str, check: bool = True) -> str:
+    """Run a `flask` command of this project; return its standard output."""
+    result = subprocess.run([str(BIN / "flask"), *args], cwd=ROOT, env=dict(env),
+                            capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise StackError(f"flask {' '.join(args)} failed:\n{result.stderr.strip()}")
+    return result.stdout
+
+
+@contextmanager
+def local_qstash(host: str, port: int, *, backoff_scale: float) -> Iterator[RunningServer]:
+    """Run the local QStash server, firing schedules on the wall clock."""
+    local = LocalQStash(LocalQStashConfig(backoff_scale=backoff_scale))
+    local.start(interval=0.5)
+    server = serve(local, host=host, port=port)
+    try:
+        yield server
+    finally:
+        local.stop()
+        server.shutdown()
+
+
+@contextmanager
+def service(env: Mapping[str, str], host: str, port: int) -> Iterator[str]:
+    """Run the service under gunicorn until the block ends; yield its URL once it is live."""
+    process = subprocess.Popen(
+        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT, env={**env, "GUNICORN_BIND": f"{host}:{port}"},
+    )
+    url = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(url + "/readyz", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if process.poll() is not None:
+                raise StackError(f"gunicorn exited with code {process.returncode}")
+            if time.monotonic() > deadline:
+                raise StackError("the service did not become ready within 60 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def prepare(env: Mapping[str, str]) -> None:
+    say("migrating the database")
+    flask(env, "db", "upgrade")
+    demo = flask(env, "--help")
+    if " demo " in demo or "\n  demo" in demo:
+        say("seeding demo data (only into an empty database)")
+        print(flask(env, "demo", "seed", "--if-empty").strip())
+
+
+def trigger_all(env: Mapping[str, str]) -> dict[str, str]:
+    say("syncing schedules: flask qstash update")
+    print(flask(env, "qstash", "update").rstrip())
+    messages = {}
+    for job in JOBS:
+        messages[job] = flask(env, "qstash", "trigger", job).strip()
+        say(f"triggered {job}: message {messages[job]}")
+    return messages
+
+
+def wait_for_runs(url: str, token: str, messages: Mapping[str, str], *, timeout: float = 120
+                  ) -> dict[str, dict[str, Any]]:
+    """Poll the admin API until every triggered message has a finished run."""
+    deadline = time.monotonic() + timeout
+    wanted = {m: job for job, m in messages.items()}
+    finished: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        response = requests.get(url + "/api/admin/job-runs?limit=100", timeout=5,
+                                headers={"Authorization": f"Bearer {token}"})
+        response.raise_for_status()
+        for run in response.json()["runs"]:
+            if run["message_id"] in wanted and run["status"] != "running":
+                finished[wanted[run["message_id"]]] = run
+        if len(finished) == len(wanted):
+            break
+        time.sleep(0.5)
+    return finished
+
+
+def print_runs(runs: Mapping[str, Mapping[str, Any]]) -> None:
+    print(f"{'JOB':<28} {'STATUS':<10} {'MS':>7}  RESULT")
+    for job in JOBS:
+        run = runs.get(job)
+        if run is None:
+            print(f"{job:<28} {'no run':<10} {'-':>7}  (not delivered in time)")
+            continue
+        summary = {k: v for k, v in (run["result"] or {}).items() if not isinstance(v, list)}
+        print(f"{job:<28} {run['status']:<10} {run['duration_ms'] or 0:>7}  "
+              f"{summary or run['error'] or ''}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service.devstack", description=__doc__)
+    parser.add_argument("mode", choices=("run", "demo"))
+    args = parser.parse_args(argv)
+    host = "127.0.0.1"
+    port = pick_port(host, int(os.environ.get("PORT", "8000")), "the service")
+    qstash_port = pick_port(host, int(os.environ.get("QSTASH_DEV_PORT", "8080")),
+                            "the local QStash server")
+    env = stack_env(os.environ, app_url=f"http://{host}:{port}",
+                    qstash_url=f"http://{host}:{qstash_port}")
+    try:
+        prepare(env)
+        with local_qstash(host, qstash_port, backoff_scale=0.01) as qstash, \
+                service(env, host, port) as url:
+            messages = trigger_all(env)
+            token = env["ADMIN_API_TOKEN"]
+            if args.mode == "demo":
+                runs = wait_for_runs(url, token, messages)
+                print_runs(runs)
+                ok = all(runs.get(job, {}).get("status") == "succeeded" for job in JOBS)
+                say("all three jobs succeeded" if ok else "some jobs did not succeed")
+                return 0 if ok else 1
+            print(f"""
+  service        {url}   (health: {url}/readyz)
+  local QStash   {qstash.url}   (token and keys: the public dev credentials)
+  admin token    {token}
+  job runs       curl -H 'Authorization: Bearer {token}' {url}/api/admin/job-runs
+  health         curl -H 'Authorization: Bearer {token}' {url}/api/admin/qstash-health
+
+To use the flask commands against this stack, in another terminal:
+  export APP_URL={url} QSTASH_URL={qstash.url} QSTASH_TOKEN={DEV_TOKEN}
+  .venv/bin/flask --app wsgi qstash trigger process-tasks
+
+Press Ctrl-C to stop.
+""", flush=True)
+            try:
+                signal.pause()
+            except KeyboardInterrupt:
+                pass
+            say("stopping")
+            return 0
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        say("stopping")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
