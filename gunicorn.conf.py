@@ -11,6 +11,10 @@ threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 # A worker must outlive the longest job: QStash cuts a delivery at the job's timeout.
 timeout = max(job.job.timeout for job in BLUEPRINTS if isinstance(job, JobBlueprint)) + 60
 graceful_timeout = 30
+# Above the app's own limits (service/limits.py), which answer in JSON.
+limit_request_line = 8190
+limit_request_field_size = 16380
+limit_request_fields = 200
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()

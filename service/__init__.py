@@ -15,17 +15,19 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     from blueprints import BLUEPRINTS
     from cli import init_app as init_cli
 
-    from . import extensions, jobs, logs
+    from . import extensions, jobs, limits, logs
     from .errors import register_error_handlers
 
     app = Flask(__name__, instance_relative_config=True, static_folder=None)
     settings = load_settings(settings)
     logs.configure_logging(settings)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False  # OPTIONS is answered 405, like any method
     app.json.sort_keys = False  # type: ignore[attr-defined]
     extensions.init_app(app, settings, jobs.registry(BLUEPRINTS))
     logs.log_config_report(extensions.get_config_report(app))
     logs.init_request_ids(app)
+    limits.init_limits(app)
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     register_error_handlers(app)

@@ -66,11 +66,16 @@ def test_signed_delivery_through_gunicorn(server: str, app: Flask) -> None:
         again = http.post(server + "/api/qstash", data=body, headers=headers, timeout=30)
         forged = http.post(server + "/api/qstash", data=body + b" ", headers=headers, timeout=30)
         ready = http.get(server + "/readyz", timeout=30)
+        # Over the app's header limit but under gunicorn's: the app answers, in JSON.
+        big = http.post(server + "/api/qstash", data=body, timeout=30,
+                        headers={**headers, "Upstash-Signature": "x" * 10_000})
     assert first.status_code == 200, first.text
     assert first.json()["status"] == "succeeded"
     assert again.json()["duplicate"] is True
     assert forged.status_code == 401
     assert forged.json()["error"] == "body_mismatch"
     assert ready.status_code == 200
+    assert big.status_code == 431
+    assert big.json()["error"] == "headers_too_large"
     runs = run_history(get_sessions(app))
     assert [(r["message_id"], r["status"]) for r in runs] == [("msg_e2e", "succeeded")]
