@@ -8,9 +8,13 @@ import pytest
 
 from service.jobs import Job, JobBlueprint, JobContext, JobError, PermanentJobError
 
+# Every execution in this process, whatever its payload.
+EXECUTIONS: list[str] = []
+
 
 def probe(ctx: JobContext) -> Mapping[str, Any]:
     """Do what the payload asks, leaving a line in its marker file per execution."""
+    EXECUTIONS.append(ctx.run_id)
     payload = ctx.payload
     marker = payload.get("marker")
     if marker:
