@@ -5,6 +5,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, jsonify
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("eleva.errors")
@@ -115,6 +116,16 @@ def register_error_handlers(app: Flask) -> None:
             allowed = getattr(exc, "valid_methods", None)
             if allowed:
                 response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def database_unavailable(exc: DBAPIError) -> Response:
+        log.error("database unavailable (%s); answering 503 so the caller retries",
+                  type(exc.orig).__name__ if exc.orig else type(exc).__name__)
+        response = json_error(503, "database_unavailable",
+                              "the database is unreachable; the request can be retried")
+        response.headers["Retry-After"] = "30"
         return response
 
     @app.errorhandler(Exception)

@@ -83,6 +83,12 @@ class Job:
     def path(self) -> str:
         return JOB_PATH_PREFIX + self.name
 
+    @property
+    def lease_duration(self) -> timedelta:
+        """How long a run may hold the job before a crash is assumed and it is taken over."""
+        return timedelta(seconds=self.timeout) + min(LEASE_GRACE,
+                                                     timedelta(seconds=self.timeout))
+
 
 class JobBlueprint(Blueprint):
     """A blueprint that carries its job, so registering it also registers the job."""
@@ -174,7 +180,7 @@ def _claim(
         trigger=delivery.trigger,
         status="running",
         started_at=now,
-        expires_at=now + timedelta(seconds=job.timeout) + LEASE_GRACE,
+        expires_at=now + job.lease_duration,
     )
     try:
         with sessions.begin() as session:
@@ -220,7 +226,7 @@ def _claim_existing(
                    JobRun.attempts == existing.attempts)
             .values(status="running", attempts=attempts,
                     retried=delivery.retried, trigger=delivery.trigger, started_at=now,
-                    expires_at=now + timedelta(seconds=job.timeout) + LEASE_GRACE,
+                    expires_at=now + job.lease_duration,
                     finished_at=None, duration_ms=None, result=None, error=None)
         )
         if rowcount(taken) != 1:
@@ -243,7 +249,7 @@ def _acquire_lease(sessions: sessionmaker[Session], job: Job, holder: str) -> bo
             .where(JobLease.job == job.name,
                    or_(JobLease.holder.is_(None), JobLease.expires_at < now))
             .values(holder=holder, acquired_at=now,
-                    expires_at=now + timedelta(seconds=job.timeout) + LEASE_GRACE)
+                    expires_at=now + job.lease_duration)
         )
         return rowcount(taken) == 1
 

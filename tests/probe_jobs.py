@@ -42,10 +42,16 @@ probe_retry_bp = JobBlueprint(
     __name__,
 )
 
+probe_short_bp = JobBlueprint(
+    Job(name="probe-short", cron="*/5 * * * *", description="Test probe with a short timeout.",
+        handler=probe, timeout=2),
+    __name__,
+)
+
 
 def install(monkeypatch: pytest.MonkeyPatch) -> None:
     """Register the probe jobs next to the real ones for apps created afterwards."""
     import blueprints
 
     monkeypatch.setattr(blueprints, "BLUEPRINTS",
-                        (*blueprints.BLUEPRINTS, probe_bp, probe_retry_bp))
+                        (*blueprints.BLUEPRINTS, probe_bp, probe_retry_bp, probe_short_bp))

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+
+from service import db
+from service.extensions import get_sessions
+from service.models import JobRun
+from tests.conftest import AppFactory, reset_postgres
+from tests.helpers import delivery_headers, job_body
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.usefixtures("probes")
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def proxy_app(make_app: AppFactory, env: dict[str, str]) -> Iterator[tuple[Flask, TcpProxy]]:
+    """The service on PostgreSQL, reached through a proxy the test can cut."""
+    url = os.environ.get("TEST_DATABASE_URL", "")
+    url = url if url.startswith("postgres") else DEFAULT_POSTGRES
+    reset_postgres(url)
+    parsed = make_url(db.normalise_url(url))
+    proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
+    proxy.up()
+    proxied = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    try:
+        yield make_app({**env, "DATABASE_URL": proxied + "?connect_timeout=2"}), proxy
+    finally:
+        proxy.down()
+
+
+def test_database_vanishing_mid_run_is_retryable_and_the_retry_completes(
+    proxy_app: tuple[Flask, TcpProxy], marker: Path
+) -> None:
+    app, proxy = proxy_app
+    body = job_body("probe-short", marker=str(marker), sleep=1.0)
+    headers = delivery_headers(body, target="/api/cron/probe-short", message_id="msg_fault")
+    answers = {}
+
+    def deliver() -> None:
+        answers["first"] = app.test_client().post("/api/qstash", data=body, headers=headers)
+
+    thread = threading.Thread(target=deliver)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proxy.down()  # the database disappears while the job runs
+    thread.join()
+    first = answers["first"]
+    assert first.status_code == 503
+    assert first.get_json()["error"] == "database_unavailable"
+    assert first.headers["Retry-After"] == "30"
+    assert app.test_client().get("/readyz").status_code == 503
+
+    proxy.up()
+    with get_sessions(app)() as session:
+        [run] = session.scalars(select(JobRun)).all()
+    # Nothing half-written: the claim stands as it was, to be taken over once it expires.
+    assert (run.status, run.attempts, run.finished_at, run.result) == ("running", 1, None, None)
+
+    early = app.test_client().post("/api/qstash", data=body, headers=headers)
+    assert early.status_code == 503
+    assert early.get_json()["error"] == "attempt_in_progress"
+
+    time.sleep(max(0.0, (run.expires_at.timestamp() - time.time())) + 0.2)
+    retry = app.test_client().post("/api/qstash", data=body,
+                                   headers={**headers, "Upstash-Retried": "1"})
+    assert retry.status_code == 200, retry.get_json()
+    assert retry.get_json()["status"] == "succeeded"
+    with get_sessions(app)() as session:
+        [run] = session.scalars(select(JobRun)).all()
+    assert (run.status, run.attempts, run.retried) == ("succeeded", 2, 1)
+    assert len(marker.read_text().splitlines()) == 2
