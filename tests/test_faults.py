@@ -14,6 +14,8 @@ from sqlalchemy.engine import make_url
 from service import db
 from service.extensions import get_sessions
 from service.models import JobRun
+from service.qstash_api import QStashApi, QStashApiError
+from service.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
 from tests.conftest import AppFactory, reset_postgres
 from tests.helpers import delivery_headers, job_body
 from tests.tcp_proxy import TcpProxy
@@ -81,3 +83,27 @@ def test_database_vanishing_mid_run_is_retryable_and_the_retry_completes(
         [run] = session.scalars(select(JobRun)).all()
     assert (run.status, run.attempts, run.retried) == ("succeeded", 2, 1)
     assert len(marker.read_text().splitlines()) == 2
+
+
+def test_a_slow_qstash_is_given_up_on_within_a_bound(
+    local_qstash: tuple[LocalQStash, RunningServer]
+) -> None:
+    local, server = local_qstash
+    original = local.app.wsgi_app
+
+    def slow(environ, start_response):
+        time.sleep(1.0)
+        return original(environ, start_response)
+
+    local.app.wsgi_app = slow  # type: ignore[method-assign]
+    api = QStashApi(token=DEV_TOKEN, base_url=server.url, timeout=0.3, attempts=3, max_wait=2.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(QStashApiError) as info:
+            api.list_schedules()
+    finally:
+        api.close()
+    # Three attempts of 0.3 s plus backoffs of 0.5 s and 1 s, and no more.
+    assert time.monotonic() - started < 3.5
+    assert info.value.code == "unreachable"
+    assert "ReadTimeout" in str(info.value)
