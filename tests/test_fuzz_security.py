@@ -13,7 +13,7 @@ import jwt
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
@@ -64,6 +64,8 @@ def is_really_valid(token: str | None, body: bytes, url: str) -> bool:
 
 
 def check_response(response: TestResponse) -> None:
+    data = response.get_json(silent=True) or {}
+    event(f"{response.status_code} {data.get('error') or data.get('status', '')}".strip())
     assert response.status_code < 500, response.get_data(as_text=True)
     if not 200 <= response.status_code < 300:
         data = response.get_json(silent=True)
