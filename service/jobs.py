@@ -149,27 +149,56 @@ def run_job(
 
     Raise AppError for outcomes that are not a 200: 503 while an earlier attempt runs or the
     job is busy under the `retry` policy, 500 on a retryable failure, 489 on a permanent one.
+    Two short transactions frame the job: one claims the run and the job's lease, the other
+    records the outcome and releases the lease.
     """
     with log_context(job=job.name, message_id=delivery.message_id):
-        claim = _claim(sessions, job, delivery)
-        if isinstance(claim, RunOutcome):
-            log.info("duplicate delivery; returning the stored outcome",
-                     extra={"event": {"run_id": claim.run_id, "status": claim.status}})
-            return claim
-        run_id, attempts = claim
+        start = _start(sessions, job, delivery)
+        if isinstance(start, RunOutcome):
+            if start.duplicate:
+                log.info("duplicate delivery; returning the stored outcome",
+                         extra={"event": {"run_id": start.run_id, "status": start.status}})
+            else:
+                log.info("run skipped: %s", start.reason, extra={"event": {"run_id": start.run_id}})
+            return start
+        run_id, attempts = start
         with log_context(run_id=run_id):
-            if not _acquire_lease(sessions, job, run_id):
-                return _overlapping(sessions, job, run_id, attempts)
-            try:
-                return _execute(app, sessions, job, delivery, run_id, attempts)
-            finally:
-                _release_lease(sessions, job, run_id)
+            return _execute(app, sessions, job, delivery, run_id, attempts)
 
 
-def _claim(
+def _start(
     sessions: sessionmaker[Session], job: Job, delivery: Delivery
 ) -> tuple[str, int] | RunOutcome:
     now = utcnow()
+    with sessions.begin() as session:
+        claim = _claim(session, job, delivery, now)
+        if isinstance(claim, RunOutcome):
+            return claim
+        run_id, attempts = claim
+        if _take_lease(session, job, run_id, now):
+            return claim
+        reason = f"another run of {job.name} holds the job lease"
+        status = "skipped" if job.overlap == "skip" else "failed"
+        session.execute(
+            update(JobRun).where(JobRun.id == run_id)
+            .values(status=status, error=reason, finished_at=now, duration_ms=0)
+        )
+    if job.overlap == "skip":
+        return RunOutcome(job=job.name, run_id=run_id, status="skipped", duplicate=False,
+                          result=None, reason=reason)
+    log.info("run deferred: %s; QStash will retry", reason, extra={"event": {"run_id": run_id}})
+    raise ServiceUnavailable(reason + "; retry later", code="job_busy", retry_after=60,
+                             extra={"run_id": run_id})
+
+
+def _claim(
+    session: Session, job: Job, delivery: Delivery, now: datetime
+) -> tuple[str, int] | RunOutcome:
+    """Create this delivery's run, or take over / report the one its message already has."""
+    if delivery.message_id is not None:
+        existing = _run_for(session, delivery.message_id)
+        if existing is not None:
+            return _take_over(session, existing, job, delivery, now)
     run = JobRun(
         id=uuid.uuid4().hex,
         message_id=delivery.message_id,
@@ -183,99 +212,80 @@ def _claim(
         expires_at=now + job.lease_duration,
     )
     try:
-        with sessions.begin() as session:
+        with session.begin_nested():
             session.add(run)
-        return run.id, 1
     except IntegrityError:
+        # A concurrent delivery of the same message committed its run first.
         if delivery.message_id is None:
             raise
-    return _claim_existing(sessions, job, delivery, now)
+        existing = _run_for(session, delivery.message_id)
+        assert existing is not None
+        return _take_over(session, existing, job, delivery, now)
+    return run.id, 1
 
 
-def _claim_existing(
-    sessions: sessionmaker[Session], job: Job, delivery: Delivery, now: datetime
+def _run_for(session: Session, message_id: str) -> JobRun | None:
+    return session.scalars(select(JobRun).where(JobRun.message_id == message_id)).one_or_none()
+
+
+def _take_over(
+    session: Session, existing: JobRun, job: Job, delivery: Delivery, now: datetime
 ) -> tuple[str, int] | RunOutcome:
-    with sessions.begin() as session:
-        existing = session.scalars(
-            select(JobRun).where(JobRun.message_id == delivery.message_id)
-        ).one()
-        if existing.job != job.name:
-            log.warning("message id replayed for another job",
-                        extra={"event": {"first_job": existing.job}})
-            raise NonRetryable(
-                f"message {delivery.message_id} already ran job {existing.job!r}; "
-                "a message cannot target two jobs",
-                code="replayed_message",
-            )
-        if existing.status in ("succeeded", "skipped"):
-            return RunOutcome(job=job.name, run_id=existing.id, status=existing.status,
-                              duplicate=True, result=existing.result, reason=existing.error)
-        if existing.status == "running" and existing.expires_at > now:
-            wait = int((existing.expires_at - now).total_seconds()) + 1
-            raise ServiceUnavailable(
-                f"an earlier attempt of message {delivery.message_id} is still running",
-                code="attempt_in_progress",
-                retry_after=max(1, min(wait, 300)),
-                extra={"run_id": existing.id},
-            )
-        # A failed attempt, or a running one whose worker died: this delivery takes it over.
-        run_id, attempts = existing.id, existing.attempts + 1
-        taken = session.execute(
-            update(JobRun)
-            .where(JobRun.id == existing.id, JobRun.status == existing.status,
-                   JobRun.attempts == existing.attempts)
-            .values(status="running", attempts=attempts,
-                    retried=delivery.retried, trigger=delivery.trigger, started_at=now,
-                    expires_at=now + job.lease_duration,
-                    finished_at=None, duration_ms=None, result=None, error=None)
+    if existing.job != job.name:
+        log.warning("message id replayed for another job",
+                    extra={"event": {"first_job": existing.job}})
+        raise NonRetryable(
+            f"message {delivery.message_id} already ran job {existing.job!r}; "
+            "a message cannot target two jobs",
+            code="replayed_message",
         )
-        if rowcount(taken) != 1:
-            raise ServiceUnavailable(
-                f"another attempt of message {delivery.message_id} just started",
-                code="attempt_in_progress",
-                retry_after=5,
-            )
-        return run_id, attempts
-
-
-def _acquire_lease(sessions: sessionmaker[Session], job: Job, holder: str) -> bool:
-    now = utcnow()
-    with sessions.begin() as session:
-        dialect = session.get_bind().dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        session.execute(insert(JobLease).values(job=job.name).on_conflict_do_nothing())
-        taken = session.execute(
-            update(JobLease)
-            .where(JobLease.job == job.name,
-                   or_(JobLease.holder.is_(None), JobLease.expires_at < now))
-            .values(holder=holder, acquired_at=now,
-                    expires_at=now + job.lease_duration)
+    if existing.status in ("succeeded", "skipped"):
+        return RunOutcome(job=job.name, run_id=existing.id, status=existing.status,
+                          duplicate=True, result=existing.result, reason=existing.error)
+    if existing.status == "running" and existing.expires_at > now:
+        wait = int((existing.expires_at - now).total_seconds()) + 1
+        raise ServiceUnavailable(
+            f"an earlier attempt of message {delivery.message_id} is still running",
+            code="attempt_in_progress",
+            retry_after=max(1, min(wait, 300)),
+            extra={"run_id": existing.id},
         )
-        return rowcount(taken) == 1
-
-
-def _release_lease(sessions: sessionmaker[Session], job: Job, holder: str) -> None:
-    with sessions.begin() as session:
-        session.execute(
-            update(JobLease)
-            .where(JobLease.job == job.name, JobLease.holder == holder)
-            .values(holder=None, expires_at=None)
+    # A failed attempt, or a running one whose worker died: this delivery takes it over.
+    run_id, attempts = existing.id, existing.attempts + 1
+    taken = session.execute(
+        update(JobRun)
+        .where(JobRun.id == existing.id, JobRun.status == existing.status,
+               JobRun.attempts == existing.attempts)
+        .values(status="running", attempts=attempts,
+                retried=delivery.retried, trigger=delivery.trigger, started_at=now,
+                expires_at=now + job.lease_duration,
+                finished_at=None, duration_ms=None, result=None, error=None)
+    )
+    if rowcount(taken) != 1:
+        raise ServiceUnavailable(
+            f"another attempt of message {delivery.message_id} just started",
+            code="attempt_in_progress",
+            retry_after=5,
         )
+    return run_id, attempts
 
 
-def _overlapping(
-    sessions: sessionmaker[Session], job: Job, run_id: str, attempts: int
-) -> RunOutcome:
-    reason = f"another run of {job.name} holds the job lease"
-    if job.overlap == "skip":
-        _finish(sessions, run_id, attempts, status="skipped", error=reason)
-        log.info("run skipped: %s", reason)
-        return RunOutcome(job=job.name, run_id=run_id, status="skipped", duplicate=False,
-                          result=None, reason=reason)
-    _finish(sessions, run_id, attempts, status="failed", error=reason)
-    log.info("run deferred: %s; QStash will retry", reason)
-    raise ServiceUnavailable(reason + "; retry later", code="job_busy", retry_after=60,
-                             extra={"run_id": run_id})
+def _take_lease(session: Session, job: Job, holder: str, now: datetime) -> bool:
+    take = (
+        update(JobLease)
+        .where(JobLease.job == job.name,
+               or_(JobLease.holder.is_(None), JobLease.expires_at < now))
+        .values(holder=holder, acquired_at=now, expires_at=now + job.lease_duration)
+    )
+    if rowcount(session.execute(take)) == 1:
+        return True
+    if session.get(JobLease, job.name) is not None:
+        return False
+    # First run of this job on this database: create its lease row, then take it.
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(insert(JobLease).values(job=job.name).on_conflict_do_nothing())
+    return rowcount(session.execute(take)) == 1
 
 
 def _execute(
@@ -298,19 +308,20 @@ def _execute(
         result = dict(job.handler(context))
         json.dumps(result)  # fail here, not at commit, if the handler returned non-JSON data
     except JobError as exc:
-        _finish(sessions, run_id, attempts, status="failed", error=f"{exc.code}: {exc}",
+        _finish(sessions, job, run_id, attempts, status="failed", error=f"{exc.code}: {exc}",
                 started=started)
         log.warning("run failed: %s", exc, extra={"event": {"retryable": exc.retryable}})
         if not exc.retryable:
             raise NonRetryable(str(exc), code=exc.code, extra={"run_id": run_id}) from exc
         raise AppError(str(exc), code=exc.code, status=500, extra={"run_id": run_id}) from exc
     except Exception as exc:
-        _finish(sessions, run_id, attempts, status="failed",
+        _finish(sessions, job, run_id, attempts, status="failed",
                 error=f"{type(exc).__name__}: {str(exc)[:500]}", started=started)
         log.exception("run crashed; QStash will retry")
         raise AppError(f"job {job.name} failed; see the logs for run {run_id}",
                        code="job_failed", status=500, extra={"run_id": run_id}) from exc
-    _finish(sessions, run_id, attempts, status="succeeded", result=result, started=started)
+    _finish(sessions, job, run_id, attempts, status="succeeded", result=result,
+            started=started)
     log.info("run succeeded", extra={"event": {"result": result}})
     return RunOutcome(job=job.name, run_id=run_id, status="succeeded", duplicate=False,
                       result=result)
@@ -318,21 +329,28 @@ def _execute(
 
 def _finish(
     sessions: sessionmaker[Session],
+    job: Job,
     run_id: str,
     attempts: int,
     *,
     status: str,
+    started: float,
     result: Mapping[str, Any] | None = None,
     error: str | None = None,
-    started: float | None = None,
 ) -> None:
-    duration = None if started is None else int((time.monotonic() - started) * 1000)
+    """Record the run's outcome and release the job's lease, in one transaction."""
+    duration = int((time.monotonic() - started) * 1000)
     with sessions.begin() as session:
         written = session.execute(
             update(JobRun)
             .where(JobRun.id == run_id, JobRun.status == "running", JobRun.attempts == attempts)
             .values(status=status, result=result, error=error, finished_at=utcnow(),
                     duration_ms=duration)
+        )
+        session.execute(
+            update(JobLease)
+            .where(JobLease.job == job.name, JobLease.holder == run_id)
+            .values(holder=None, expires_at=None)
         )
     if rowcount(written) != 1:
         # The run expired and another attempt took it over; its outcome stands.
