@@ -1,0 +1,91 @@
+-- wrk script: verified QStash deliveries to POST /api/qstash, each with its own message id.
+--
+-- The Upstash-Signature covers the URL and the body, not the message id, so one token minted by
+-- run_load.py serves the whole run while every request gets a fresh Upstash-Message-Id
+-- (<run>-<thread>-<counter>). Settings come from the environment, so the token never appears
+-- on a command line:
+--   BENCH_SIGNATURE   the minted token (required)
+--   BENCH_BODY        the exact body the token was minted for (required)
+--   BENCH_TARGET      X-Qstash-Target-Url, e.g. /api/cron/noop (required)
+--   BENCH_RUN         message id prefix, unique per run (required)
+--
+-- done() prints one line "BENCH_RESULT {json}" with the counters of every thread.
+
+local threads = {}
+
+function setup(thread)
+   table.insert(threads, thread)
+   thread:set("thread_id", #threads)
+end
+
+local function required(name)
+   local value = os.getenv(name)
+   if value == nil or value == "" then
+      error(name .. " is not set; run this script through bench/load/run_load.py")
+   end
+   return value
+end
+
+function init(args)
+   signature = required("BENCH_SIGNATURE")
+   body = required("BENCH_BODY")
+   target = required("BENCH_TARGET")
+   run_tag = required("BENCH_RUN")
+   counter = 0
+   sent = 0
+   responses = 0
+   ok = 0
+   not_ok = 0
+   statuses = {}
+end
+
+function request()
+   counter = counter + 1
+   sent = sent + 1
+   local headers = {
+      ["Upstash-Signature"] = signature,
+      ["Upstash-Message-Id"] = string.format("%s-%d-%d", run_tag, thread_id, counter),
+      ["Upstash-Retried"] = "0",
+      ["X-Qstash-Target-Url"] = target,
+      ["Content-Type"] = "application/json",
+      ["User-Agent"] = "Upstash-QStash",
+   }
+   return wrk.format("POST", "/api/qstash", headers, body)
+end
+
+function response(status, headers, body)
+   responses = responses + 1
+   if status >= 200 and status < 300 then
+      ok = ok + 1
+   else
+      not_ok = not_ok + 1
+   end
+   local key = tostring(status)
+   statuses[key] = (statuses[key] or 0) + 1
+end
+
+function done(summary, latency, requests)
+   local sent_total, responses_total, ok_total, not_ok_total = 0, 0, 0, 0
+   local by_status = {}
+   for _, thread in ipairs(threads) do
+      sent_total = sent_total + thread:get("sent")
+      responses_total = responses_total + thread:get("responses")
+      ok_total = ok_total + thread:get("ok")
+      not_ok_total = not_ok_total + thread:get("not_ok")
+      for status, count in pairs(thread:get("statuses")) do
+         by_status[status] = (by_status[status] or 0) + count
+      end
+   end
+   local parts = {}
+   for status, count in pairs(by_status) do
+      table.insert(parts, string.format('"%s": %d', status, count))
+   end
+   io.write(string.format(
+      'BENCH_RESULT {"sent": %d, "responses": %d, "ok": %d, "not_ok": %d, "statuses": {%s}, '
+         .. '"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "max_us": %d, '
+         .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}}\n',
+      sent_total, responses_total, ok_total, not_ok_total, table.concat(parts, ", "),
+      summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+      latency.max, summary.errors.connect, summary.errors.read, summary.errors.write,
+      summary.errors.status, summary.errors.timeout))
+end
