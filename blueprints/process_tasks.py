@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -7,21 +8,65 @@ from typing import Any
 from sqlalchemy import delete
 
 from service.db import rowcount, utcnow
-from service.extensions import get_sessions
+from service.extensions import (
+    get_engine,
+    get_notifier,
+    get_payout_provider,
+    get_sessions,
+    get_settings,
+)
 from service.jobs import Job, JobBlueprint, JobContext
 from service.models import JobRun
-
-RUN_RETENTION = timedelta(days=30)
+from service.payouts import outbox
+from service.payouts.transfers import PayoutPolicy, cancel_reversed_payments, recover_stale
 
 
 def process_tasks(ctx: JobContext) -> Mapping[str, Any]:
-    """Run the daily maintenance: prune finished job runs past their retention."""
-    cutoff = utcnow() - RUN_RETENTION
+    """Run the daily maintenance: recover, check payments, retry notices, prune history."""
+    settings = get_settings(ctx.app)
+    engine = get_engine(ctx.app)
+    provider = get_payout_provider(ctx.app)
+    policy = PayoutPolicy.from_settings(settings)
+    # Each provider-bound task gets a share of the budget so that one slow task cannot
+    # starve the others; pruning is cheap and always runs.
+    recovery = recover_stale(engine, provider, policy, deadline=_share(ctx, 0.25))
+    payments = cancel_reversed_payments(engine, provider, policy, deadline=_share(ctx, 0.6))
+    now = utcnow()
+    released = outbox.release_stale(
+        engine, claimed_before=now - timedelta(seconds=settings.payout_stale_after_seconds),
+        now=now)
+    notices = outbox.deliver_pending(
+        engine, get_notifier(ctx.app), sender_id=ctx.run_id,
+        limit=settings.notifier_max_per_run, deadline=ctx.deadline,
+        max_attempts=settings.notifier_max_attempts,
+    )
+    run_cutoff = utcnow() - timedelta(days=settings.retention_job_runs_days)
     with get_sessions(ctx.app).begin() as session:
-        pruned = rowcount(session.execute(
-            delete(JobRun).where(JobRun.status != "running", JobRun.started_at < cutoff)
+        pruned_runs = rowcount(session.execute(
+            delete(JobRun).where(JobRun.status != "running", JobRun.started_at < run_cutoff)
         ))
-    return {"pruned_job_runs": pruned}
+    pruned_notices = outbox.prune_sent(
+        engine, sent_before=utcnow() - timedelta(days=settings.retention_notifications_days))
+    return {
+        "recovered_completed": recovery.completed,
+        "recovered_released": recovery.released,
+        "recovery_errors": recovery.errors,
+        "payments_checked": payments.checked,
+        "cancelled_refunded": payments.cancelled_refunded,
+        "cancelled_disputed": payments.cancelled_disputed,
+        "payment_check_errors": payments.errors,
+        "notifications_released": released,
+        "notifications_delivered": notices.delivered,
+        "notifications_retrying": notices.retrying,
+        "notifications_failed": notices.failed,
+        "pruned_job_runs": pruned_runs,
+        "pruned_notifications": pruned_notices,
+    }
+
+
+def _share(ctx: JobContext, share: float) -> float:
+    """Return the monotonic time by which `share` of the run's remaining budget is spent."""
+    return time.monotonic() + max(ctx.time_left(), 0.0) * share
 
 
 job = Job(

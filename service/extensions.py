@@ -12,6 +12,10 @@ from .cache import HealthCache
 from .db import default_database_url, make_engine, session_factory
 from .errors import ConfigurationError
 from .jobs import Job
+from .notifications import Channel, LogChannel, SmtpChannel
+from .payouts.provider import PayoutProvider
+from .payouts.simulated import SimulatedPayoutProvider
+from .payouts.stripe_provider import StripePayoutProvider
 from .qstash_api import QStashApi
 from .settings import ConfigReport, Settings, validate_qstash_config
 
@@ -31,6 +35,8 @@ class Services:
     qstash: QStashApi | None  # patient: schedule sync and publishing
     qstash_probe: QStashApi | None  # impatient: health checks must answer within seconds
     health_cache: HealthCache
+    payout_provider: PayoutProvider
+    notifier: Channel
 
 
 def init_app(app: Flask, settings: Settings, jobs: Mapping[str, Job]) -> None:
@@ -48,7 +54,55 @@ def init_app(app: Flask, settings: Settings, jobs: Mapping[str, Job]) -> None:
         qstash_probe=_qstash(settings, timeout=HEALTH_TIMEOUT, attempts=1,
                              max_wait=HEALTH_TIMEOUT),
         health_cache=HealthCache(),
+        payout_provider=_payout_provider(settings, jobs),
+        notifier=_notifier(settings),
     )
+
+
+# The job whose timeout bounds how long a healthy run may hold a transfer in PROCESSING.
+TRANSFERS_JOB = "process-expert-transfers"
+
+
+def _payout_provider(settings: Settings, jobs: Mapping[str, Job]) -> PayoutProvider:
+    transfers_job = jobs.get(TRANSFERS_JOB)
+    if transfers_job is not None:
+        longest_run = int(transfers_job.lease_duration.total_seconds())
+        if settings.payout_stale_after_seconds <= longest_run:
+            raise ConfigurationError(
+                f"PAYOUT_STALE_AFTER_SECONDS={settings.payout_stale_after_seconds} must exceed "
+                f"{longest_run} ({TRANSFERS_JOB}'s timeout plus its lease grace), or recovery "
+                "would take transfers from runs that are still working"
+            )
+    if settings.payout_provider == "stripe":
+        assert settings.stripe_secret_key is not None  # Settings refuses stripe without it
+        return StripePayoutProvider(
+            api_key=settings.stripe_secret_key,
+            api_base=settings.stripe_api_base,
+            max_network_retries=settings.stripe_max_network_retries,
+            timeout=float(settings.stripe_timeout),
+        )
+    if settings.app_env == "production":
+        raise ConfigurationError(
+            "PAYOUT_PROVIDER=simulated pays nobody and is refused when APP_ENV=production; "
+            "set PAYOUT_PROVIDER=stripe and STRIPE_SECRET_KEY"
+        )
+    return SimulatedPayoutProvider(
+        latency=settings.payout_simulated_latency_ms / 1000,
+        failure_rate=settings.payout_simulated_failure_rate,
+    )
+
+
+def _notifier(settings: Settings) -> Channel:
+    if settings.notifier == "smtp":
+        assert settings.smtp_url is not None and settings.mail_from is not None
+        try:
+            return SmtpChannel(url=settings.smtp_url, mail_from=settings.mail_from,
+                               timeout=float(settings.smtp_timeout))
+        except ValueError as exc:
+            # The channel's messages never quote the URL's password.
+            variable = "MAIL_FROM" if "mail_from" in str(exc) else "SMTP_URL"
+            raise ConfigurationError(f"{variable} is invalid: {exc}") from None
+    return LogChannel()
 
 
 def _qstash(settings: Settings, *, timeout: float, attempts: int,
@@ -66,6 +120,9 @@ def close(app: Flask) -> None:
     for api in (found.qstash, found.qstash_probe):
         if api is not None:
             api.close()
+    close_provider = getattr(found.payout_provider, "close", None)
+    if callable(close_provider):
+        close_provider()  # the calling thread's connections; worker threads close their own
 
 
 def services(app: Flask | None = None) -> Services:
@@ -99,6 +156,14 @@ def get_qstash(app: Flask | None = None, *, probe: bool = False) -> QStashApi:
         raise ConfigurationError("QSTASH_TOKEN is missing: copy the QStash token from the "
                                  "Upstash console to talk to the QStash API")
     return found
+
+
+def get_payout_provider(app: Flask | None = None) -> PayoutProvider:
+    return services(app).payout_provider
+
+
+def get_notifier(app: Flask | None = None) -> Channel:
+    return services(app).notifier
 
 
 def get_health_cache(app: Flask | None = None) -> HealthCache:

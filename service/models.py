@@ -64,3 +64,11 @@ class JobLease(Base):
     holder: Mapped[str | None] = mapped_column(String(32))
     acquired_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
+
+# The payouts tables live with their domain; importing them here registers them on Base.metadata
+# for Alembic and for anything that imports the models.
+from .payouts.models import Expert, Notification, PaymentTransfer  # noqa: E402
+
+__all__ = [
+    "RUN_STATUSES", "TRIGGERS", "Expert", "JobLease", "JobRun", "Notification", "PaymentTransfer",
+]

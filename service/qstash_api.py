@@ -101,11 +101,12 @@ class QStashApi:
         retries: int | None = None,
         timeout: int | None = None,
         deduplication_id: str | None = None,
+        delay: int | None = None,
     ) -> str:
-        """Publish one message to url; return its message id."""
+        """Publish one message to url (after delay seconds); return its message id."""
         response = self._call("publish", lambda: self.client.message.publish(
             url=url, body=body, content_type="application/json", headers=headers,
-            retries=retries, timeout=timeout, deduplication_id=deduplication_id,
+            retries=retries, timeout=timeout, deduplication_id=deduplication_id, delay=delay,
         ))
         return str(response.message_id)  # type: ignore[union-attr]
 

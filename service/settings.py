@@ -7,13 +7,19 @@ from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
+from .payouts.rules import DEFAULT_DELAY_DAYS, DelayTable, parse_delay_table
 
 AppEnv = Literal["development", "staging", "production"]
 LogFormat = Literal["json", "text"]
+PayoutProviderName = Literal["stripe", "simulated"]
+NotifierName = Literal["log", "smtp"]
 
 APP_ENVS: tuple[AppEnv, ...] = ("development", "staging", "production")
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+PAYOUT_PROVIDERS: tuple[PayoutProviderName, ...] = ("stripe", "simulated")
+NOTIFIERS: tuple[NotifierName, ...] = ("log", "smtp")
+MAX_PAYOUT_CONCURRENCY = 64
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 T = TypeVar("T", bound=str)
 
@@ -36,6 +42,32 @@ class Settings:
     log_format: LogFormat = "json"
     max_body_bytes: int = 1024 * 1024
     job_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Payouts: the provider, how hard to push it, and the ledger's rules.
+    payout_provider: PayoutProviderName = "simulated"
+    stripe_secret_key: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
+    stripe_max_network_retries: int = 2
+    stripe_timeout: int = 20
+    payout_simulated_latency_ms: int = 0
+    payout_simulated_failure_rate: float = 0.0
+    payout_concurrency: int = 8
+    payout_delay_days: DelayTable = field(
+        default_factory=lambda: parse_delay_table(DEFAULT_DELAY_DAYS)
+    )
+    payout_max_attempts: int = 3
+    payout_retry_backoff_seconds: int = 600
+    payout_stale_after_seconds: int = 1200
+    payout_payment_check_days: int = 3
+    # Notifications: the channel and the outbox's retry policy.
+    notifier: NotifierName = "log"
+    smtp_url: str | None = field(default=None, repr=False)
+    mail_from: str | None = None
+    smtp_timeout: int = 10
+    notifier_max_attempts: int = 5
+    notifier_max_per_run: int = 500
+    # Daily maintenance: how long finished job runs and sent notifications are kept.
+    retention_job_runs_days: int = 30
+    retention_notifications_days: int = 90
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -48,7 +80,8 @@ class Settings:
                     return value.strip()
             return None
 
-        def integer(name: str, default: int, *, minimum: int = 0) -> int:
+        def integer(name: str, default: int, *, minimum: int = 0,
+                    maximum: int | None = None) -> int:
             raw = text(name)
             if raw is None:
                 return default
@@ -61,6 +94,22 @@ class Settings:
                 ) from None
             if value < minimum:
                 raise ConfigurationError(f"{name} must be at least {minimum} (got {value})")
+            if maximum is not None and value > maximum:
+                raise ConfigurationError(f"{name} must be at most {maximum} (got {value})")
+            return value
+
+        def fraction(name: str, default: float) -> float:
+            raw = text(name)
+            if raw is None:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                value = -1.0
+            if not 0.0 <= value <= 1.0:
+                raise ConfigurationError(
+                    f"{name}={raw!r} is not a number from 0 to 1; e.g. 0.05 for 5 %"
+                )
             return value
 
         def choice(name: str, options: tuple[T, ...], default: T) -> T:
@@ -78,6 +127,40 @@ class Settings:
                 f"SERVICE_NAME={service_name!r} may only contain letters, digits, '-' and '_' "
                 "(it becomes part of every QStash schedule id)"
             )
+        payout_provider = choice("PAYOUT_PROVIDER", PAYOUT_PROVIDERS, "simulated")
+        stripe_secret_key = text("STRIPE_SECRET_KEY")
+        if payout_provider == "stripe" and stripe_secret_key is None:
+            raise ConfigurationError(
+                "STRIPE_SECRET_KEY is missing: PAYOUT_PROVIDER=stripe needs the platform's secret "
+                "key (sk_live_... or sk_test_...) from the Stripe dashboard"
+            )
+        stripe_api_base = (text("STRIPE_API_BASE") or "").rstrip("/") or None
+        if stripe_api_base is not None:
+            parts = urlsplit(stripe_api_base)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigurationError(
+                    f"STRIPE_API_BASE={stripe_api_base!r} is not an absolute http(s) URL; "
+                    "remove it to use Stripe's API"
+                )
+        raw_delays = text("PAYOUT_DELAY_DAYS") or DEFAULT_DELAY_DAYS
+        try:
+            delays = parse_delay_table(raw_delays)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"PAYOUT_DELAY_DAYS={raw_delays!r} is invalid: {exc} "
+                f"(the default is {DEFAULT_DELAY_DAYS})"
+            ) from None
+        notifier = choice("NOTIFIER", NOTIFIERS, "log")
+        smtp_url, mail_from = text("SMTP_URL"), text("MAIL_FROM")
+        if notifier == "smtp":
+            missing = [name for name, value in (("SMTP_URL", smtp_url), ("MAIL_FROM", mail_from))
+                       if value is None]
+            if missing:
+                raise ConfigurationError(
+                    f"{' and '.join(missing)} missing: NOTIFIER=smtp needs SMTP_URL (e.g. "
+                    "smtp+starttls://user:password@smtp.example.com:587) and MAIL_FROM "
+                    "(e.g. 'Eleva Care <payouts@eleva.care>')"
+                )
         return cls(
             app_url=(text("APP_URL", "NEXT_PUBLIC_APP_URL") or "").rstrip("/") or None,
             qstash_token=text("QSTASH_TOKEN"),
@@ -93,6 +176,29 @@ class Settings:
             log_format=choice("LOG_FORMAT", LOG_FORMATS, "json"),
             max_body_bytes=integer("MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             job_env={k: v for k, v in env.items() if k.startswith("JOB_")},
+            payout_provider=payout_provider,
+            stripe_secret_key=stripe_secret_key,
+            stripe_api_base=stripe_api_base,
+            stripe_max_network_retries=integer("STRIPE_MAX_NETWORK_RETRIES", 2, maximum=10),
+            stripe_timeout=integer("STRIPE_TIMEOUT", 20, minimum=1, maximum=120),
+            payout_simulated_latency_ms=integer("PAYOUT_SIMULATED_LATENCY_MS", 0,
+                                                maximum=60_000),
+            payout_simulated_failure_rate=fraction("PAYOUT_SIMULATED_FAILURE_RATE", 0.0),
+            payout_concurrency=integer("PAYOUT_CONCURRENCY", 8, minimum=1,
+                                       maximum=MAX_PAYOUT_CONCURRENCY),
+            payout_delay_days=delays,
+            payout_max_attempts=integer("PAYOUT_MAX_ATTEMPTS", 3, minimum=1, maximum=20),
+            payout_retry_backoff_seconds=integer("PAYOUT_RETRY_BACKOFF_SECONDS", 600),
+            payout_stale_after_seconds=integer("PAYOUT_STALE_AFTER_SECONDS", 1200, minimum=60),
+            payout_payment_check_days=integer("PAYOUT_PAYMENT_CHECK_DAYS", 3, maximum=365),
+            notifier=notifier,
+            smtp_url=smtp_url,
+            mail_from=mail_from,
+            smtp_timeout=integer("SMTP_TIMEOUT", 10, minimum=1, maximum=300),
+            notifier_max_attempts=integer("NOTIFIER_MAX_ATTEMPTS", 5, minimum=1, maximum=50),
+            notifier_max_per_run=integer("NOTIFIER_MAX_PER_RUN", 500, minimum=1),
+            retention_job_runs_days=integer("RETENTION_JOB_RUNS_DAYS", 30, minimum=1),
+            retention_notifications_days=integer("RETENTION_NOTIFICATIONS_DAYS", 90, minimum=1),
         )
 
 

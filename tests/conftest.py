@@ -1,24 +1,30 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from service import create_app, db, extensions
+from service.db import utcnow
 from service.extensions import get_engine
+from service.payouts.models import Expert, Notification, PaymentTransfer
 from service.qstash_local import DEV_TOKEN, LocalQStash, LocalQStashConfig, RunningServer, serve
 from tests.helpers import ADMIN_TOKEN, APP_URL, CURRENT_KEY, NEXT_KEY
 
 SETTING_PREFIXES = (
     "APP_", "NEXT_PUBLIC_APP_URL", "QSTASH_", "DATABASE_URL", "ADMIN_API_TOKEN", "SERVICE_NAME",
     "LOG_", "JOB_", "MAX_BODY_BYTES", "STRIPE_", "SMTP_", "MAIL_", "PAYOUT_", "NOTIFIER",
+    "RETENTION_",
 )
 
 
@@ -130,3 +136,47 @@ def qstash_env(env: dict[str, str], local_qstash: tuple[LocalQStash, RunningServ
                ) -> dict[str, str]:
     """Settings pointing the service at the local QStash server."""
     return {**env, "QSTASH_URL": local_qstash[1].url, "QSTASH_TOKEN": DEV_TOKEN}
+
+
+# Payouts: ledger rows written straight to the database (the API has tests of its own).
+
+
+def add_expert(app: Flask, expert_id: str = "exp_1", **fields: object) -> str:
+    """Insert a payable expert (override any column by keyword); return its id."""
+    values: dict[str, object] = {
+        "email": f"{expert_id}@example.com", "first_name": "Ana", "country": "PT",
+        "stripe_account_id": "acct_1ExpertLocal", "payouts_enabled": True, **fields,
+    }
+    with extensions.get_sessions(app).begin() as session:
+        session.add(Expert(id=expert_id, **values))
+    return expert_id
+
+
+def add_transfer(app: Flask, *, expert_id: str = "exp_1", due: timedelta = -timedelta(hours=1),
+                 **fields: object) -> int:
+    """Insert a transfer scheduled `due` from now (negative: already due); return its id."""
+    now = utcnow()
+    values: dict[str, object] = {
+        "expert_id": expert_id, "payment_id": f"pi_{uuid.uuid4().hex[:16]}", "amount": 8500,
+        "platform_fee": 1500, "currency": "eur", "session_start_at": now - timedelta(days=9),
+        "session_end_at": now - timedelta(days=9) + timedelta(hours=1),
+        "paid_at": now - timedelta(days=10), "scheduled_transfer_at": now + due,
+        "status": "PENDING", "requires_approval": False, "attempts": 0, **fields,
+    }
+    with extensions.get_sessions(app).begin() as session:
+        row = PaymentTransfer(**values)
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def load_transfer(app: Flask, transfer_id: int) -> Any:
+    """Return the transfer row as it is in the database now."""
+    with extensions.get_sessions(app)() as session:
+        return session.get_one(PaymentTransfer, transfer_id)
+
+
+def outbox_rows(app: Flask) -> list[Any]:
+    """Return every notification in the outbox, oldest first."""
+    with extensions.get_sessions(app)() as session:
+        return list(session.scalars(select(Notification).order_by(Notification.id)))

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Final, Literal
+
+TransferStatus = Literal["PENDING", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]
+PENDING: Final = "PENDING"
+PROCESSING: Final = "PROCESSING"
+COMPLETED: Final = "COMPLETED"
+FAILED: Final = "FAILED"
+CANCELLED: Final = "CANCELLED"
+TRANSFER_STATUSES: Final[tuple[TransferStatus, ...]] = (
+    PENDING, PROCESSING, COMPLETED, FAILED, CANCELLED
+)
+
+# Every status change a writer may make; each write names the status it expects to replace.
+TRANSITIONS: Final[Mapping[str, frozenset[str]]] = MappingProxyType({
+    PENDING: frozenset({PROCESSING, CANCELLED}),
+    PROCESSING: frozenset({COMPLETED, PENDING, FAILED}),
+    COMPLETED: frozenset(),
+    FAILED: frozenset(),
+    CANCELLED: frozenset(),
+})
+
+PLATFORM_FEE_PERCENT: Final = 15
+# A payout never leaves before this long after the session ended (refund and dispute window).
+SESSION_SETTLE_TIME: Final = timedelta(hours=24)
+DEFAULT_DELAY_KEY: Final = "default"
+DEFAULT_DELAY_DAYS: Final = "US=2,default=7"
+MAX_DELAY_DAYS: Final = 365
+_COUNTRY_RE: Final = re.compile(r"^[A-Z]{2}$")
+
+
+class InvalidTransition(ValueError):
+    """A status change the state machine does not allow."""
+
+
+def check_transition(current: str, new: str) -> None:
+    """Raise InvalidTransition unless the state machine allows `current` -> `new`."""
+    if new not in TRANSITIONS.get(current, frozenset()):
+        raise InvalidTransition(f"a transfer cannot go from {current} to {new}")
+
+
+@dataclass(frozen=True)
+class Split:
+    """A listing price divided between the platform and the expert, in minor units."""
+
+    price: int
+    platform_fee: int
+    amount: int
+
+
+def split_price(price: int) -> Split:
+    """Take the platform fee (15 %, rounded down) from a price; the expert gets the rest."""
+    if isinstance(price, bool) or not isinstance(price, int) or price <= 0:
+        raise ValueError(f"price must be a positive whole number of minor units, not {price!r}")
+    fee = price * PLATFORM_FEE_PERCENT // 100
+    return Split(price=price, platform_fee=fee, amount=price - fee)
+
+
+@dataclass(frozen=True)
+class DelayTable:
+    """Payout delay in days by country (ISO alpha-2), with a default for every other country."""
+
+    days: Mapping[str, int]
+    default: int
+
+    def delay(self, country: str | None) -> timedelta:
+        key = (country or "").strip().upper()
+        return timedelta(days=self.days.get(key, self.default))
+
+    def describe(self) -> str:
+        pairs = [f"{country}={days}" for country, days in sorted(self.days.items())]
+        return ",".join([*pairs, f"{DEFAULT_DELAY_KEY}={self.default}"])
+
+
+def parse_delay_table(text: str) -> DelayTable:
+    """Parse "US=2,default=7": country codes or `default`, each with whole days."""
+    days: dict[str, int] = {}
+    default: int | None = None
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not value.isdigit():
+            raise ValueError(f"{item!r} is not COUNTRY=DAYS (whole days, e.g. US=2)")
+        count = int(value)
+        if count > MAX_DELAY_DAYS:
+            raise ValueError(f"{item!r}: at most {MAX_DELAY_DAYS} days")
+        if key.lower() == DEFAULT_DELAY_KEY:
+            if default is not None:
+                raise ValueError("default is given twice")
+            default = count
+            continue
+        country = key.upper()
+        if not _COUNTRY_RE.match(country):
+            raise ValueError(f"{key!r} is not a two-letter ISO country code")
+        if country in days:
+            raise ValueError(f"{country} is given twice")
+        days[country] = count
+    if default is None:
+        raise ValueError("add default=<days> for every other country, e.g. US=2,default=7")
+    return DelayTable(days=MappingProxyType(days), default=default)
+
+
+def scheduled_transfer_at(
+    *, paid_at: datetime, session_end_at: datetime, country: str | None, delays: DelayTable
+) -> datetime:
+    """Return when a transfer is due: the country delay after payment, 24 h after the session."""
+    return max(paid_at + delays.delay(country), session_end_at + SESSION_SETTLE_TIME)
+
+
+def retry_backoff(attempts: int, base: timedelta) -> timedelta:
+    """Return the wait before the next attempt after `attempts` failed ones (doubling)."""
+    return base * (1 << max(attempts - 1, 0))
+
+
+def is_due(
+    *,
+    status: str,
+    scheduled_transfer_at: datetime,
+    requires_approval: bool,
+    approved_at: datetime | None,
+    next_attempt_at: datetime | None,
+    now: datetime,
+) -> bool:
+    """Tell whether a transfer may be paid now (the expert's account aside)."""
+    if status != PENDING:
+        return False
+    if next_attempt_at is not None and next_attempt_at > now:
+        return False
+    if approved_at is not None:
+        return True
+    return not requires_approval and scheduled_transfer_at <= now
+
+
+def idempotency_key(env: str, transfer_id: int) -> str:
+    """Return the provider idempotency key of a ledger row: `<env>:transfer:<id>`."""
+    return f"{env}:transfer:{transfer_id}"
+
+
+def transfer_group(payment_id: str) -> str:
+    """Return the provider transfer group tying a transfer to the customer's payment."""
+    return f"payment_{payment_id}"

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+from sqlalchemy import Engine, bindparam, false, select, true, tuple_, update
+
+from service.db import rowcount
+
+from . import outbox
+from .models import Expert, PaymentTransfer
+from .rules import PENDING
+from .sql import is_
+
+T = PaymentTransfer
+E = Expert
+# "Due in the next one to two days": a daily run at noon covers each row exactly once.
+WINDOW_START: Final = timedelta(days=1)
+WINDOW_END: Final = timedelta(days=2)
+BATCH: Final = 200
+
+_MARK = (
+    update(T)
+    .where(T.id == bindparam("tid"), is_(T.status, PENDING), T.notified_at.is_(None))
+    .values(notified_at=bindparam("now"), updated_at=bindparam("now"))
+)
+
+
+@dataclass(kw_only=True)
+class UpcomingReport:
+    considered: int = 0
+    queued: int = 0
+
+
+def queue_upcoming_notices(engine: Engine, *, now: datetime, deadline: float) -> UpcomingReport:
+    """Queue one upcoming-payout notice per pending transfer due in one to two days.
+
+    `notified_at` is set only in the transaction that adds the notice, and only if it was
+    still unset, so a notice is never lost and never queued twice. Rows awaiting approval or
+    whose expert cannot be paid are left out: they would not be paid on that date.
+    """
+    report = UpcomingReport()
+    start, end = now + WINDOW_START, now + WINDOW_END
+    after: tuple[datetime, int] | None = None
+    while time.monotonic() < deadline:
+        query = (
+            select(T.id, T.scheduled_transfer_at, T.amount, T.currency, E.email, E.first_name)
+            .join(E, E.id == T.expert_id)
+            .where(is_(T.status, PENDING), T.scheduled_transfer_at >= start,
+                   T.scheduled_transfer_at < end, T.notified_at.is_(None),
+                   T.requires_approval == false(), E.payouts_enabled == true(),
+                   E.stripe_account_id.is_not(None))
+            .order_by(T.scheduled_transfer_at, T.id)
+            .limit(BATCH)
+        )
+        if after is not None:
+            query = query.where(tuple_(T.scheduled_transfer_at, T.id) > tuple_(*after))
+        with engine.begin() as connection:
+            rows = connection.execute(query).all()
+            for row in rows:
+                report.considered += 1
+                if rowcount(connection.execute(_MARK, {"tid": row.id, "now": now})) != 1:
+                    continue
+                report.queued += outbox.queue_notice(
+                    connection, kind=outbox.UPCOMING_PAYOUT, transfer_id=row.id,
+                    recipient=row.email, now=now, payload={
+                        "first_name": row.first_name, "amount": row.amount,
+                        "currency": row.currency,
+                        "scheduled_date": row.scheduled_transfer_at.date().isoformat()})
+        if len(rows) < BATCH:
+            break
+        after = (rows[-1].scheduled_transfer_at, rows[-1].id)
+    return report

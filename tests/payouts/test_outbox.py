@@ -1,0 +1,239 @@
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from flask import Flask
+from sqlalchemy import update
+
+from service.db import utcnow
+from service.extensions import KEY, get_sessions, services
+from service.notifications import DeliveryError, Notice
+from service.payouts import outbox
+from service.payouts.models import Notification
+from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer, outbox_rows
+from tests.helpers import ADMIN_TOKEN
+from tests.notifications.conftest import HOST, RecordingHandler, free_port
+
+from .test_process_transfers import run
+
+MAIL_FROM = "Eleva Care <payouts@eleva.test>"
+
+
+class Flaky:
+    """A channel that fails as told, then delivers; it remembers what it delivered."""
+
+    name = "flaky"
+
+    def __init__(self, failures: list[DeliveryError | Exception]) -> None:
+        self.failures = failures
+        self.sent: list[Notice] = []
+
+    def send(self, notice: Notice) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(notice)
+
+
+def use_channel(app: Flask, channel: Any) -> None:
+    app.extensions[KEY] = dataclasses.replace(services(app), notifier=channel)
+
+
+def make_all_due(app: Flask) -> None:
+    with get_sessions(app).begin() as session:
+        session.execute(update(Notification).values(next_attempt_at=utcnow()))
+
+
+def test_upcoming_notices_are_queued_once_for_rows_due_in_one_to_two_days(app: Flask) -> None:
+    add_expert(app, first_name="Ana")
+    add_expert(app, "exp_off", payouts_enabled=False)
+    upcoming = add_transfer(app, due=timedelta(hours=36), amount=123450)
+    others = [
+        add_transfer(app, due=timedelta(hours=12)),
+        add_transfer(app, due=timedelta(hours=60)),
+        add_transfer(app, due=timedelta(hours=36), requires_approval=True),
+        add_transfer(app, due=timedelta(hours=36), expert_id="exp_off"),
+        add_transfer(app, due=timedelta(hours=36), notified_at=utcnow()),
+        add_transfer(app, due=timedelta(hours=36), status="CANCELLED"),
+    ]
+
+    result = run(app, "check-upcoming-payouts")
+
+    assert result == {"considered": 1, "queued": 1, "delivered": 1, "delivery_retrying": 0,
+                      "delivery_failed": 0}
+    row = load_transfer(app, upcoming)
+    [notice] = outbox_rows(app)
+    assert (notice.kind, notice.dedup_key, notice.status) == (
+        "upcoming_payout", f"upcoming_payout:{upcoming}", "SENT")
+    assert notice.payload == {"first_name": "Ana", "amount": 123450, "currency": "eur",
+                              "scheduled_date": row.scheduled_transfer_at.date().isoformat()}
+    assert row.notified_at is not None
+    assert [load_transfer(app, i).notified_at is None for i in others] == [
+        True, True, True, True, False, True]
+    assert run(app, "check-upcoming-payouts")["queued"] == 0
+    assert len(outbox_rows(app)) == 1
+
+
+def test_notified_at_is_set_only_together_with_the_notice(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_expert(app)
+    row_id = add_transfer(app, due=timedelta(hours=36))
+
+    def broken(*args: Any, **kwargs: Any) -> bool:
+        raise RuntimeError("the outbox insert failed")
+
+    monkeypatch.setattr(outbox, "queue_notice", broken)
+    response = app.test_client().post("/api/cron/check-upcoming-payouts",
+                                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert response.status_code == 500
+    assert load_transfer(app, row_id).notified_at is None
+    monkeypatch.undo()
+    assert run(app, "check-upcoming-payouts")["queued"] == 1
+    assert load_transfer(app, row_id).notified_at is not None
+
+
+@dataclasses.dataclass
+class Smtp:
+    port: int
+    handler: RecordingHandler
+    controller: Controller | None = None
+
+    def start(self) -> None:
+        self.controller = Controller(self.handler, hostname=HOST, port=self.port,
+                                     ready_timeout=5.0)
+        self.controller.start()
+
+    def messages(self) -> list[EmailMessage]:
+        found = []
+        for envelope in self.handler.envelopes:
+            assert isinstance(envelope.original_content, bytes)
+            message = message_from_bytes(envelope.original_content, policy=policy.default)
+            assert isinstance(message, EmailMessage)
+            found.append(message)
+        return found
+
+
+@pytest.fixture
+def smtp() -> Iterator[Smtp]:
+    server = Smtp(port=free_port(), handler=RecordingHandler())
+    yield server
+    if server.controller is not None:
+        server.controller.stop()
+
+
+def test_smtp_down_then_back_loses_nothing_and_sends_nothing_twice(
+    make_app: AppFactory, env: dict[str, str], smtp: Smtp
+) -> None:
+    app = make_app({**env, "NOTIFIER": "smtp", "SMTP_URL": f"smtp://{HOST}:{smtp.port}",
+                    "MAIL_FROM": MAIL_FROM, "SMTP_TIMEOUT": "2"})
+    add_expert(app, "exp_1", email="ana@example.com", first_name="Ana")
+    row_id = add_transfer(app, amount=123450)
+
+    paid = run(app)  # the server is down
+    assert paid["paid"] == 1
+    assert paid["notifications"] == {"delivered": 0, "retrying": 1, "failed": 0}
+    [notice] = outbox_rows(app)
+    assert (notice.status, notice.attempts, notice.last_error_code) == (
+        "PENDING", 1, "connection_failed")
+    assert notice.sent_at is None
+    wait = notice.next_attempt_at - utcnow()
+    assert timedelta(seconds=50) < wait <= timedelta(minutes=1)
+    # Not due yet: the daily maintenance does not hammer the server either.
+    assert run(app, "process-tasks")["notifications_delivered"] == 0
+
+    smtp.start()
+    make_all_due(app)
+    first = run(app, "process-tasks")
+    second = run(app, "process-tasks")
+
+    assert (first["notifications_delivered"], second["notifications_delivered"]) == (1, 0)
+    [message] = smtp.messages()
+    assert message["To"] == "ana@example.com"
+    assert message["From"] == MAIL_FROM
+    assert message["Subject"]
+    text = message.get_body(preferencelist=("plain",))
+    html = message.get_body(preferencelist=("html",))
+    assert text is not None and html is not None
+    assert "€1,234.50" in text.get_content()
+    assert "Hello Ana," in text.get_content()
+    assert f"Reference: {row_id}" in text.get_content()
+    assert "€1,234.50" in html.get_content()
+    [notice] = outbox_rows(app)
+    assert (notice.status, notice.attempts, notice.last_error_code) == ("SENT", 2, None)
+    assert notice.sent_at is not None
+
+
+def test_retryable_failures_retry_until_the_limit(make_app: AppFactory, env: dict[str, str]
+                                                  ) -> None:
+    app = make_app({**env, "NOTIFIER_MAX_ATTEMPTS": "3"})
+    retry = DeliveryError("temporarily refused", code="temporary_rejection", retryable=True)
+    channel = Flaky([retry, RuntimeError("surprise"), retry])
+    use_channel(app, channel)
+    add_expert(app)
+    add_transfer(app)
+
+    assert run(app)["notifications"] == {"delivered": 0, "retrying": 1, "failed": 0}
+    [notice] = outbox_rows(app)
+    first_wait = notice.next_attempt_at - utcnow()
+    make_all_due(app)
+    assert run(app, "process-tasks")["notifications_retrying"] == 1
+    [notice] = outbox_rows(app)
+    assert (notice.attempts, notice.last_error_code) == (2, "unexpected")
+    # The wait doubles.
+    assert notice.next_attempt_at - utcnow() > first_wait + timedelta(seconds=50)
+    make_all_due(app)
+    assert run(app, "process-tasks")["notifications_failed"] == 1
+    [notice] = outbox_rows(app)
+    assert (notice.status, notice.attempts) == ("FAILED", 3)
+    make_all_due(app)
+    assert run(app, "process-tasks")["notifications_delivered"] == 0
+    assert channel.sent == []
+
+
+def test_a_permanent_failure_is_not_retried(app: Flask) -> None:
+    channel = Flaky([DeliveryError("no such user", code="permanent_rejection",
+                                   retryable=False)])
+    use_channel(app, channel)
+    add_expert(app)
+    add_transfer(app)
+    assert run(app)["notifications"] == {"delivered": 0, "retrying": 0, "failed": 1}
+    [notice] = outbox_rows(app)
+    assert (notice.status, notice.last_error_code) == ("FAILED", "permanent_rejection")
+
+
+def test_a_sender_that_died_mid_send_is_released_and_retried(app: Flask) -> None:
+    channel = Flaky([])
+    use_channel(app, channel)
+    now = utcnow()
+    with get_sessions(app).begin() as session:
+        session.add(Notification(
+            dedup_key="payout_sent:7", kind="payout_sent", recipient="ana@example.com",
+            payload={"first_name": "Ana", "amount": 100, "currency": "eur",
+                     "sent_date": "2025-01-01", "reference": "7"},
+            status="SENDING", attempts=0, claimed_by="deadrun",
+            claimed_at=now - timedelta(hours=1), next_attempt_at=now, created_at=now,
+            updated_at=now))
+    result = run(app, "process-tasks")
+    assert (result["notifications_released"], result["notifications_delivered"]) == (1, 1)
+    assert [n.dedup_key for n in channel.sent] == ["payout_sent:7"]
+
+
+def test_each_run_sends_at_most_its_share(make_app: AppFactory, env: dict[str, str]) -> None:
+    app = make_app({**env, "NOTIFIER_MAX_PER_RUN": "2"})
+    channel = Flaky([])
+    use_channel(app, channel)
+    add_expert(app)
+    for _ in range(5):
+        add_transfer(app)
+    assert run(app)["notifications"]["delivered"] == 2
+    assert outbox.pending_count(services(app).engine) == 3
+    assert run(app, "process-tasks")["notifications_delivered"] == 2
+    assert run(app, "process-tasks")["notifications_delivered"] == 1
+    assert len({n.dedup_key for n in channel.sent}) == 5
