@@ -1,0 +1,270 @@
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer
+from tests.helpers import ADMIN_TOKEN
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+EXPERT = {"email": "ana@example.com", "first_name": "Ana", "country": "PT",
+          "stripe_account_id": "acct_1AnaSilva", "payouts_enabled": True}
+
+
+def transfer_body(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "expert_id": "exp_1", "payment_id": "pi_3Pabc123", "charge_id": "ch_3Pabc123",
+        "price": 10_000, "currency": "eur",
+        "session_start_at": "2025-02-21T09:00:00Z", "session_end_at": "2025-02-21T10:00:00Z",
+        "paid_at": "2025-02-20T18:30:00+01:00", "requires_approval": False,
+    }
+    body.update(changes)
+    return body
+
+
+@pytest.fixture
+def expert(client: FlaskClient) -> dict[str, Any]:
+    response = client.put("/api/experts/exp_1", json=EXPERT, headers=AUTH)
+    assert response.status_code == 201
+    return dict(response.get_json())
+
+
+def test_every_endpoint_needs_the_admin_token(client: FlaskClient) -> None:
+    calls = [("put", "/api/experts/exp_1"), ("get", "/api/experts/exp_1"),
+             ("post", "/api/transfers"), ("get", "/api/transfers"),
+             ("get", "/api/transfers/1"), ("post", "/api/transfers/1/approve")]
+    for method, path in calls:
+        response = getattr(client, method)(path, json={},
+                                           headers={"Authorization": "Bearer wrong"})
+        assert response.status_code == 401, path
+        assert response.get_json()["error"] == "unauthorized"
+
+
+def test_disabled_without_a_token(make_app: AppFactory, env: dict[str, str]) -> None:
+    env = {k: v for k, v in env.items() if k != "ADMIN_API_TOKEN"}
+    response = make_app(env).test_client().get("/api/transfers", headers=AUTH)
+    assert response.status_code == 503
+    assert response.get_json()["error"] == "admin_api_disabled"
+
+
+def test_put_expert_creates_then_replaces(client: FlaskClient, expert: dict[str, Any]) -> None:
+    assert {k: expert[k] for k in EXPERT} == EXPERT
+    changed = {**EXPERT, "country": "us", "payouts_enabled": False}
+    response = client.put("/api/experts/exp_1", json=changed, headers=AUTH)
+    assert response.status_code == 200
+    assert response.get_json()["country"] == "US"
+    assert response.get_json()["payouts_enabled"] is False
+    assert client.get("/api/experts/exp_1", headers=AUTH).get_json()["country"] == "US"
+
+
+def test_put_expert_lists_every_invalid_field(client: FlaskClient) -> None:
+    response = client.put("/api/experts/exp_1", headers=AUTH, json={
+        "email": "not-an-email", "first_name": "", "country": "Portugal",
+        "stripe_account_id": "ba_123", "payouts_enabled": "yes", "nickname": "A"})
+    assert response.status_code == 422
+    body = response.get_json()
+    assert body["error"] == "validation_failed"
+    assert set(body["fields"]) == {"email", "first_name", "country", "stripe_account_id",
+                                   "payouts_enabled", "nickname"}
+    assert body["fields"]["nickname"] == "unknown field"
+
+
+def test_put_expert_requires_a_json_object(client: FlaskClient) -> None:
+    for kwargs in ({"data": "nope"}, {"json": [1, 2]}):
+        response = client.put("/api/experts/exp_1", headers=AUTH, **kwargs)
+        assert response.status_code == 422
+        assert "body" in response.get_json()["fields"]
+    bad_id = client.put("/api/experts/bad%20id", json=EXPERT, headers=AUTH)
+    assert bad_id.status_code == 422
+    assert "id" in bad_id.get_json()["fields"]
+
+
+def test_unknown_expert_is_a_404(client: FlaskClient) -> None:
+    response = client.get("/api/experts/nobody", headers=AUTH)
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "expert_not_found"
+
+
+def test_register_computes_the_split_and_the_due_date(
+    client: FlaskClient, expert: dict[str, Any]
+) -> None:
+    response = client.post("/api/transfers", json=transfer_body(), headers=AUTH)
+    assert response.status_code == 201
+    row = response.get_json()
+    assert (row["price"], row["platform_fee"], row["amount"]) == (10_000, 1_500, 8_500)
+    assert row["status"] == "PENDING"
+    assert row["attempts"] == 0
+    # PT: seven days after the payment (17:30 UTC), later than a day after the session.
+    assert row["scheduled_transfer_at"] == "2025-02-27T17:30:00+00:00"
+    assert row["paid_at"] == "2025-02-20T17:30:00+00:00"
+    assert client.get(f"/api/transfers/{row['id']}", headers=AUTH).get_json() == row
+
+
+def test_registration_is_idempotent_by_payment_id(
+    client: FlaskClient, expert: dict[str, Any]
+) -> None:
+    first = client.post("/api/transfers", json=transfer_body(), headers=AUTH)
+    # The same instant written with another offset is the same registration.
+    again = client.post("/api/transfers", headers=AUTH, json=transfer_body(
+        paid_at="2025-02-20T17:30:00Z", currency="EUR"))
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.get_json() == first.get_json()
+    conflict = client.post("/api/transfers", json=transfer_body(price=12_000,
+                                                                requires_approval=True),
+                           headers=AUTH)
+    assert conflict.status_code == 409
+    body = conflict.get_json()
+    assert body["error"] == "transfer_conflict"
+    assert body["transfer_id"] == first.get_json()["id"]
+    assert sorted(body["fields"]) == ["price", "requires_approval"]
+    listed = client.get("/api/transfers", headers=AUTH).get_json()
+    assert listed["count"] == 1
+
+
+def test_concurrent_identical_registrations_create_one_row(
+    app: Flask, expert: dict[str, Any]
+) -> None:
+    barrier = threading.Barrier(6)
+    statuses: list[int] = []
+
+    def post() -> None:
+        client = app.test_client()
+        barrier.wait()
+        statuses.append(client.post("/api/transfers", json=transfer_body(),
+                                    headers=AUTH).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200] * 5 + [201]
+
+
+def test_register_lists_every_invalid_field(client: FlaskClient, expert: dict[str, Any]) -> None:
+    response = client.post("/api/transfers", headers=AUTH, json={
+        "expert_id": "", "payment_id": "x", "charge_id": "pi_nope", "price": 99.5,
+        "currency": "euro", "session_start_at": "yesterday", "session_end_at":
+        "2025-03-01T10:00:00", "requires_approval": "no", "extra": 1})
+    assert response.status_code == 422
+    assert set(response.get_json()["fields"]) == {
+        "expert_id", "payment_id", "charge_id", "price", "currency", "session_start_at",
+        "session_end_at", "paid_at", "requires_approval", "extra"}
+    assert "time zone" in response.get_json()["fields"]["session_end_at"]
+
+
+def test_register_checks_the_expert_and_the_session(
+    client: FlaskClient, expert: dict[str, Any]
+) -> None:
+    unknown = client.post("/api/transfers", json=transfer_body(expert_id="nobody"),
+                          headers=AUTH)
+    assert unknown.status_code == 422
+    assert set(unknown.get_json()["fields"]) == {"expert_id"}
+    backwards = client.post("/api/transfers", headers=AUTH, json=transfer_body(
+        session_end_at="2025-02-21T08:00:00Z"))
+    assert backwards.status_code == 422
+    assert set(backwards.get_json()["fields"]) == {"session_end_at"}
+    for price in (0, -1, True, "100"):
+        response = client.post("/api/transfers", json=transfer_body(price=price), headers=AUTH)
+        assert response.status_code == 422, price
+
+
+def test_us_expert_and_the_24h_rule(client: FlaskClient) -> None:
+    client.put("/api/experts/exp_us", json={**EXPERT, "country": "US"}, headers=AUTH)
+    paid_early = client.post("/api/transfers", headers=AUTH, json=transfer_body(
+        expert_id="exp_us", payment_id="pi_us1", charge_id=None,
+        paid_at="2025-03-01T08:00:00Z", session_end_at="2025-03-03T10:00:00Z",
+        session_start_at="2025-03-03T09:00:00Z"))
+    # US is two days after payment (03-03 08:00) but the session ended 03-03 10:00.
+    assert paid_early.get_json()["scheduled_transfer_at"] == "2025-03-04T10:00:00+00:00"
+
+
+def test_approve(app: Flask, client: FlaskClient) -> None:
+    add_expert(app)
+    held = add_transfer(app, requires_approval=True)
+    plain = add_transfer(app)
+    missing = client.post("/api/transfers/999/approve", json={"approved_by": "ops"},
+                          headers=AUTH)
+    assert (missing.status_code, missing.get_json()["error"]) == (404, "transfer_not_found")
+    nobody = client.post(f"/api/transfers/{held}/approve", json={}, headers=AUTH)
+    assert nobody.status_code == 422
+    response = client.post(f"/api/transfers/{held}/approve", json={"approved_by": "ops@x"},
+                           headers=AUTH)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["approved_by"] == "ops@x"
+    approved_at = body["approved_at"]
+    assert approved_at is not None
+    # Approving again changes nothing.
+    again = client.post(f"/api/transfers/{held}/approve", json={"approved_by": "other"},
+                        headers=AUTH)
+    assert (again.get_json()["approved_by"], again.get_json()["approved_at"]) == (
+        "ops@x", approved_at)
+    not_needed = client.post(f"/api/transfers/{plain}/approve", json={"approved_by": "ops"},
+                             headers=AUTH)
+    assert (not_needed.status_code, not_needed.get_json()["error"]) == (
+        409, "approval_not_required")
+
+
+def test_only_a_pending_transfer_can_be_approved(app: Flask, client: FlaskClient) -> None:
+    add_expert(app)
+    cancelled = add_transfer(app, requires_approval=True, status="CANCELLED")
+    response = client.post(f"/api/transfers/{cancelled}/approve", json={"approved_by": "ops"},
+                           headers=AUTH)
+    assert response.status_code == 409
+    assert response.get_json()["error"] == "not_pending"
+    assert load_transfer(app, cancelled).approved_at is None
+
+
+def test_list_filters_and_pages(app: Flask, client: FlaskClient) -> None:
+    add_expert(app, "exp_a")
+    add_expert(app, "exp_b")
+    ids = [add_transfer(app, expert_id="exp_a"), add_transfer(app, expert_id="exp_b"),
+           add_transfer(app, expert_id="exp_a", status="COMPLETED")]
+    def listed(query: str) -> list[int]:
+        response = client.get(f"/api/transfers?{query}", headers=AUTH)
+        assert response.status_code == 200, response.get_json()
+        return [t["id"] for t in response.get_json()["transfers"]]
+
+    assert listed("") == ids[::-1]
+    assert listed("expert=exp_a") == [ids[2], ids[0]]
+    assert listed("status=pending") == [ids[1], ids[0]]
+    assert listed("status=COMPLETED&expert=exp_a") == [ids[2]]
+    page = client.get("/api/transfers?limit=2", headers=AUTH).get_json()
+    assert page["next_before"] == ids[1]
+    assert listed(f"limit=2&before={page['next_before']}") == [ids[0]]
+    bad = client.get("/api/transfers?status=DONE&limit=0&before=x&expert=a%20b", headers=AUTH)
+    assert bad.status_code == 422
+    assert set(bad.get_json()["fields"]) == {"status", "limit", "before", "expert"}
+
+
+def test_transfer_not_found_is_json(client: FlaskClient) -> None:
+    response = client.get("/api/transfers/12345", headers=AUTH)
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "transfer_not_found"
+
+
+def test_registered_due_date_does_not_move_when_the_expert_changes(
+    client: FlaskClient, expert: dict[str, Any]
+) -> None:
+    row = client.post("/api/transfers", json=transfer_body(), headers=AUTH).get_json()
+    client.put("/api/experts/exp_1", json={**EXPERT, "country": "US"}, headers=AUTH)
+    stored = client.get(f"/api/transfers/{row['id']}", headers=AUTH).get_json()
+    assert stored["scheduled_transfer_at"] == row["scheduled_transfer_at"]
+    # And a repeat registration compares inputs, not what was computed from them.
+    assert client.post("/api/transfers", json=transfer_body(), headers=AUTH).status_code == 200
+
+
+def test_paid_at_in_the_past_is_kept_exactly(client: FlaskClient, expert: dict[str, Any]) -> None:
+    paid = datetime.now(UTC) - timedelta(days=3, microseconds=17)
+    response = client.post("/api/transfers", headers=AUTH, json=transfer_body(
+        payment_id="pi_precise", paid_at=paid.isoformat()))
+    assert datetime.fromisoformat(response.get_json()["paid_at"]) == paid
+    again = client.post("/api/transfers", headers=AUTH, json=transfer_body(
+        payment_id="pi_precise", paid_at=paid.isoformat()))
+    assert again.status_code == 200
