@@ -45,10 +45,10 @@ from typing import Any
 
 import psycopg
 import requests
-from psycopg import sql
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
+from bench.databases import SetupError, reset_postgres
 from service import db
 from service.qstash_local import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY
 from service.signature import qstash_claims, sign_claims
@@ -61,7 +61,6 @@ NOOP_JOB = "noop"
 STORM_JOB = "storm-probe"
 # Not "bench": other benchmarks of this repository reset that one.
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/bench_load"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PHASES = ("load", "storm", "memory")
 
 # Targets of issue 6.
@@ -78,10 +77,6 @@ SETTING_PREFIXES = (
 )
 LOG_PROBLEMS = ('"level": "error"', '"level": "critical"', "[ERROR]", "[CRITICAL]",
                 "Traceback", "WORKER TIMEOUT")
-
-
-class SetupError(Exception):
-    """The run could not be prepared (missing tool, unreachable database, server not up)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,31 +127,6 @@ def prepare_database(kind: str, *, workdir: Path, postgres_url: str) -> str:
     finally:
         engine.dispose()
     return url
-
-
-def reset_postgres(url: str) -> None:
-    """Create the database when missing, then drop and recreate its public schema."""
-    parsed = make_url(db.normalise_url(url))
-    if parsed.host not in LOOPBACK:
-        raise SetupError(f"the benchmark runs on loopback only; {parsed.host!r} is not")
-    name = parsed.database
-    if not name:
-        raise SetupError("the PostgreSQL URL names no database")
-    plain = parsed.set(drivername="postgresql")
-    admin = plain.set(database="postgres").render_as_string(hide_password=False)
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                  (name,)).fetchone()
-            if exists is None:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        with psycopg.connect(plain.render_as_string(hide_password=False), autocommit=True,
-                             connect_timeout=5) as conn:
-            conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
-            conn.execute("CREATE SCHEMA public")
-    except psycopg.OperationalError as exc:
-        raise SetupError(f"PostgreSQL at {parsed.host}:{parsed.port or 5432} is unreachable: "
-                         f"{str(exc).strip().splitlines()[0]}") from None
 
 
 def runs_by_status(engine: Engine, prefix: str) -> dict[str, int]:
