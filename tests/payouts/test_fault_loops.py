@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from flask import Flask
+from sqlalchemy import select, update
+
+from service.db import utcnow
+from service.extensions import get_sessions
+from service.payouts.models import PaymentTransfer
+from service.stripe_local import StripeLocal, StripeLocalServer
+from tests.conftest import AppFactory
+
+from .test_exactly_once import (
+    assert_paid_exactly_once,
+    ledger,
+    pay_in_fresh_process,
+    seed_due,
+    stats,
+)
+from .test_process_transfers import run, stripe_env
+
+pytestmark = pytest.mark.slow
+# `make reliability` raises these; the defaults keep the suite in seconds.
+KILL_ROUNDS = int(os.environ.get("KILL_ROUNDS", "3"))
+KILL_SEED = int(os.environ.get("KILL_SEED", str(int(time.time()))))
+
+
+def age_claims(app: Flask) -> None:
+    """Let time pass: every claim still held becomes stale, as after PAYOUT_STALE_AFTER."""
+    with get_sessions(app).begin() as session:
+        session.execute(update(PaymentTransfer).where(PaymentTransfer.status == "PROCESSING")
+                        .values(claimed_at=utcnow() - timedelta(hours=1)))
+
+
+def test_workers_killed_at_random_points_again_and_again_lose_and_double_nothing(
+    make_app: AppFactory, env: dict[str, str], stripe_local: StripeLocal,
+    stripe_server: StripeLocalServer,
+) -> None:
+    rng = random.Random(KILL_SEED)
+    stripe_local.latency = 0.02
+    worker_env = {**stripe_env(env, stripe_server), "PAYOUT_CONCURRENCY": "8"}
+    app = make_app(worker_env)
+    ids = seed_due(app, 60 * KILL_ROUNDS)
+    context = multiprocessing.get_context("spawn")
+    kills = 0
+    for round_number in range(KILL_ROUNDS):
+        made = stats(stripe_server)["transfers"]
+        worker = context.Process(target=pay_in_fresh_process,
+                                 args=(worker_env, f"doomed{round_number}", 0.0))
+        worker.start()
+        # A random point: after a random number of new transfers, plus a random moment.
+        target = made + rng.randint(1, 40)
+        deadline = time.monotonic() + 60
+        while stats(stripe_server)["transfers"] < target and worker.is_alive():
+            assert time.monotonic() < deadline, f"no progress (seed {KILL_SEED})"
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.05))
+        if worker.is_alive():
+            assert worker.pid is not None
+            os.kill(worker.pid, signal.SIGKILL)
+            kills += 1
+        worker.join()
+        time.sleep(0.2)  # requests the worker had sent are still being answered
+        age_claims(app)
+        maintenance = run(app, "process-tasks")
+        assert maintenance["recovery_errors"] == 0, f"seed {KILL_SEED}"
+        assert Counter(s for s, _ in ledger(app).values())["PROCESSING"] == 0
+    assert kills >= 1, f"no worker was killed (seed {KILL_SEED})"
+
+    result = run(app)
+    assert result["failed"] == 0
+    observed = assert_paid_exactly_once(app, stripe_server, ids, stripe_local)
+    # An interrupted call may be repeated under its key; the provider never paid twice.
+    assert set(observed["transfers_by_metadata_transfer_id"].values()) == {1}
+
+
+def test_a_provider_that_times_out_for_a_while_is_retried_without_paying_twice(
+    make_app: AppFactory, env: dict[str, str], stripe_local: StripeLocal,
+    stripe_server: StripeLocalServer,
+) -> None:
+    # Each call takes longer than the client waits; the provider still makes the transfer.
+    stripe_local.latency = 1.5
+    app = make_app({**stripe_env(env, stripe_server), "STRIPE_TIMEOUT": "1",
+                    "PAYOUT_CONCURRENCY": "4"})
+    ids = seed_due(app, 6)
+    first = run(app)
+    assert (first["paid"], first["retried"]) == (0, 6)
+    pending = {row.id: row for row in _rows(app)}
+    assert {r.status for r in pending.values()} == {"PENDING"}
+    assert {r.last_error_code for r in pending.values()} == {"connection_error"}
+    assert all(r.next_attempt_at is not None and r.next_attempt_at > utcnow()
+               for r in pending.values())  # backing off
+
+    second = run(app)  # still backing off: nothing is called
+    assert second["considered"] == 0
+
+    stripe_local.latency = 0.0  # the provider recovers; the backoff has passed
+    with get_sessions(app).begin() as session:
+        session.execute(update(PaymentTransfer).values(next_attempt_at=utcnow()))
+    third = run(app)
+    assert third["paid"] == 6
+    observed = assert_paid_exactly_once(app, stripe_server, ids, stripe_local)
+    assert set(observed["calls_by_idempotency_key"].values()) <= {1, 2}
+
+
+def _rows(app: Flask) -> list[PaymentTransfer]:
+    with get_sessions(app)() as session:
+        return list(session.scalars(select(PaymentTransfer)))
