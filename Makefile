@@ -6,7 +6,22 @@ TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install lint test test-sqlite test-postgres run serve demo migrate clean
+BENCH_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/bench
+
+# QUICK=1: the seconds-long versions CI runs, to keep the benchmarks working.
+ifdef QUICK
+PAYOUT_BENCH_ARGS := --total 2000 --due 300 --concurrency 8 --latency-ms 5
+LOAD_ARGS := --quick
+FUZZ_EXAMPLES := 150
+KILL_ROUNDS := 3
+else
+PAYOUT_BENCH_ARGS := --total 200000 --due 10000 --concurrency 16 --latency-ms 50
+LOAD_ARGS :=
+FUZZ_EXAMPLES := 5000
+KILL_ROUNDS := 20
+endif
+
+.PHONY: install lint test test-sqlite test-postgres run serve demo migrate bench reliability clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +60,22 @@ demo: install
 serve: migrate
 	LOG_FORMAT=$${LOG_FORMAT:-text} GUNICORN_BIND=$(HOST):$(PORT) GUNICORN_WORKERS=$${GUNICORN_WORKERS:-2} \
 		$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
+
+# Performance figures (docs/benchmarks.md): payout throughput on SQLite and PostgreSQL,
+# then verified deliveries against a bare route under wrk.
+bench: install
+	$(PY) -m bench.payouts_throughput --database-url sqlite:///$(CURDIR)/instance/bench.sqlite3 $(PAYOUT_BENCH_ARGS)
+	$(PY) -m bench.payouts_throughput --database-url $(BENCH_DATABASE_URL) $(PAYOUT_BENCH_ARGS)
+	$(PY) -m bench.load.run_load --database both --phases load $(LOAD_ARGS)
+
+# The guarantees (docs/reliability.md): fuzzing, secrets, faults, kill loops, a duplicate storm
+# and memory per worker.
+reliability: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) KILL_ROUNDS=$(KILL_ROUNDS) $(PY) -m pytest -p no:cacheprovider \
+		--hypothesis-show-statistics tests/test_fuzz_security.py tests/test_secrets.py \
+		tests/test_limits.py tests/test_faults.py tests/payouts/test_fault_loops.py \
+		tests/payouts/test_exactly_once.py tests/payouts/test_outbox.py
+	$(PY) -m bench.load.run_load --database both --phases storm,memory $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache
