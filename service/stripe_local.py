@@ -13,12 +13,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from .serving import RunningServer, start_thread
 
 DEFAULT_API_KEY = "sk_test_local"
 PaymentStatus = Literal["paid", "refunded", "partially_refunded", "disputed"]
@@ -872,55 +873,12 @@ class _QuietRequestHandler(WSGIRequestHandler):
         pass
 
 
-class StripeLocalServer:
+class StripeLocalServer(RunningServer):
     """A running stripe_local on a background thread; stop it with `shutdown()` or `with`."""
 
     def __init__(self, state: StripeLocal, server: BaseWSGIServer) -> None:
+        super().__init__(server, start_thread(server))
         self.state = state
-        self._server = server
-        self._closed = False
-        # shutdown() waits for the serving loop to poll; the default 0.5 s makes tests slow.
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.01},
-            name=f"stripe-local-{server.port}",
-            daemon=True,
-        )
-        self._thread.start()
-
-    @property
-    def host(self) -> str:
-        return self._server.host
-
-    @property
-    def port(self) -> int:
-        return self._server.port
-
-    @property
-    def url(self) -> str:
-        """Return the base URL to use as the Stripe API base, e.g. http://127.0.0.1:53123."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def shutdown(self) -> None:
-        """Stop serving and close the listening socket; calling it again does nothing."""
-        if self._closed:
-            return
-        self._closed = True
-        self._server.shutdown()
-        self._thread.join()
-        self._server.server_close()
-
-    def __enter__(self) -> StripeLocalServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.shutdown()
 
 
 def serve(
