@@ -27,7 +27,6 @@ from .schedules import (
 )
 
 OVERDUE_GRACE = timedelta(minutes=15)
-CACHE_SECONDS = 15.0
 
 
 def qstash_health(app: Flask) -> dict[str, Any]:
