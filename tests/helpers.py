@@ -1,8 +1,13 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
+
+import requests
 
 from service.signature import qstash_claims, sign_claims
 
@@ -48,3 +53,25 @@ def delivery_headers(
 
 def job_body(name: str, **extra: Any) -> bytes:
     return json.dumps({"job": name, **extra}, separators=(",", ":")).encode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_live(url: str, process: subprocess.Popen[bytes], log: Path | None = None,
+                    timeout: float = 30) -> None:
+    """Wait until url/healthz answers 200; fail with the server's log if it dies or hangs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            details = log.read_text() if log is not None else f"exit code {process.poll()}"
+            raise AssertionError(f"{url} did not come up:\n{details}")
+        time.sleep(0.1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.devstack import pick_port
-from tests.test_e2e_gunicorn import free_port
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

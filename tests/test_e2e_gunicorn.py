@@ -2,10 +2,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,15 +13,9 @@ from flask import Flask
 
 from service.extensions import get_sessions
 from service.jobs import run_history
-from tests.helpers import delivery_headers, job_body
+from tests.helpers import delivery_headers, free_port, job_body, wait_until_live
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -40,16 +32,7 @@ def server(app: Flask, env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((tmp_path / "gunicorn.log").read_text())
-            time.sleep(0.1)
+        wait_until_live(url, process, tmp_path / "gunicorn.log")
         yield url
     finally:
         process.send_signal(signal.SIGTERM)

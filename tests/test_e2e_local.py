@@ -29,7 +29,7 @@ from service.qstash_local import (
 )
 from service.signature import qstash_claims, sign_claims
 from tests.conftest import AppFactory
-from tests.test_e2e_gunicorn import free_port
+from tests.helpers import free_port, wait_until_live
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,16 +98,7 @@ def stack(make_app: AppFactory, env: dict[str, str], request: pytest.FixtureRequ
                  "GUNICORN_WORKERS": "2"})
         sdk = QStash(DEV_TOKEN, base_url=qstash_server.url, retry=False)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                        break
-                except requests.ConnectionError:
-                    pass
-                assert process.poll() is None and time.monotonic() < deadline, \
-                    (tmp_path / "gunicorn.log").read_text()
-                time.sleep(0.1)
+            wait_until_live(f"http://127.0.0.1:{port}", process, tmp_path / "gunicorn.log")
             yield Stack(local=local, clock=clock, sdk=sdk, env=stack_env, app=app,
                         url=f"http://127.0.0.1:{port}")
         finally:

@@ -5,15 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 from qstash import QStash
 
 from service.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
-from tests.test_e2e_gunicorn import free_port
+from tests.helpers import free_port, wait_until_live
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVED = [sys.executable, "-c", "print('server started')"]
@@ -120,15 +118,7 @@ def test_default_command_execs_gunicorn_which_receives_signals(env: dict[str, st
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until_live(f"http://127.0.0.1:{port}", process)
         # The shell replaced itself with gunicorn: SIGTERM reaches the server directly.
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
