@@ -166,7 +166,8 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Mint a throwaway self-signed certificate for localhost and 127.0.0.1."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("the openssl command is needed to mint a test certificate")
+        pytest.fail("the openssl command is needed to mint a test certificate: "
+                    "apt-get install -y openssl")
     directory = tmp_path_factory.mktemp("tls")
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
