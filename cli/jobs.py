@@ -7,7 +7,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from service.errors import AppError
-from service.extensions import get_jobs, get_sessions
+from service.extensions import get_engine, get_jobs
 from service.jobs import Delivery, run_job
 
 group = AppGroup("jobs", help="Inspect and run the scheduled jobs.")
@@ -31,7 +31,7 @@ def run(name: str) -> None:
         raise click.ClickException(f"unknown job {name!r}; one of {', '.join(sorted(jobs))}")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
-        outcome = run_job(app, get_sessions(), jobs[name], Delivery(trigger="cli"))
+        outcome = run_job(app, get_engine(), jobs[name], Delivery(trigger="cli"))
     except AppError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message}") from exc
     click.echo(json.dumps(outcome.to_dict(), indent=2))

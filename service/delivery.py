@@ -11,7 +11,7 @@ from flask import Response, current_app, request
 
 from .auth import bearer_token, is_admin
 from .errors import NonRetryable, ServiceUnavailable, Unauthorized
-from .extensions import get_config_report, get_jobs, get_sessions, get_settings
+from .extensions import get_config_report, get_engine, get_jobs, get_settings
 from .jobs import JOB_PATH_PREFIX, TARGET_HEADER, Delivery, Job, Trigger, run_job
 from .settings import SIGNING_KEY_VARS
 from .signature import SignatureRejected, verify_signature
@@ -146,7 +146,7 @@ def dispatch(job: Job, trigger: Trigger) -> Response:
     """Run the job for the current request and answer with its outcome."""
     delivery = delivery_from_request(job, trigger)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    return run_job(app, get_sessions(), job, delivery).response()
+    return run_job(app, get_engine(), job, delivery).response()
 
 
 def handle_direct(job: Job) -> Response:

@@ -7,15 +7,15 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from flask import Blueprint, Flask, Response, jsonify
-from sqlalchemy import or_, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import BindParameter
 
-from .db import rowcount, utcnow
+from .db import UTCDateTime, rowcount, utcnow
 from .errors import AppError, NonRetryable, ServiceUnavailable
 from .logs import log_context
 from .models import JobLease, JobRun
@@ -139,12 +139,7 @@ class RunOutcome:
         return jsonify(self.to_dict())
 
 
-def run_job(
-    app: Flask,
-    sessions: sessionmaker[Session],
-    job: Job,
-    delivery: Delivery,
-) -> RunOutcome:
+def run_job(app: Flask, engine: Engine, job: Job, delivery: Delivery) -> RunOutcome:
     """Run a job once for this delivery: dedup by message id, guard overlap, record the run.
 
     Raise AppError for outcomes that are not a 200: 503 while an earlier attempt runs or the
@@ -153,7 +148,7 @@ def run_job(
     records the outcome and releases the lease.
     """
     with log_context(job=job.name, message_id=delivery.message_id):
-        start = _start(sessions, job, delivery)
+        start = _start(engine, job, delivery)
         if isinstance(start, RunOutcome):
             if start.duplicate:
                 log.info("duplicate delivery; returning the stored outcome",
@@ -163,74 +158,112 @@ def run_job(
             return start
         run_id, attempts = start
         with log_context(run_id=run_id):
-            return _execute(app, sessions, job, delivery, run_id, attempts)
+            return _execute(app, engine, job, delivery, run_id, attempts)
 
 
-def _start(
-    sessions: sessionmaker[Session], job: Job, delivery: Delivery
-) -> tuple[str, int] | RunOutcome:
+# The ledger's statements, built once: a delivery only binds values to them. They are written
+# against the tables rather than through an ORM session because they run on every delivery.
+_runs = cast(Table, JobRun.__table__)
+_leases = cast(Table, JobLease.__table__)
+_INSTANT = UTCDateTime()
+
+
+def _at(name: str) -> BindParameter[Any]:
+    return bindparam(name, type_=_INSTANT)
+
+
+def _upsert(dialect: str) -> Any:
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+def _ledger_statements(dialect: str) -> dict[str, Any]:
+    insert = _upsert(dialect)
+    lease = insert(_leases).values(job=bindparam("job"), holder=bindparam("run_id"),
+                                   acquired_at=_at("now"), expires_at=_at("lease_expires"))
+    return {
+        # Take the job's lease if it is free or expired, creating its row on the first run.
+        "take_lease": lease.on_conflict_do_update(
+            index_elements=[_leases.c.job],
+            set_={"holder": lease.excluded.holder, "acquired_at": lease.excluded.acquired_at,
+                  "expires_at": lease.excluded.expires_at},
+            where=or_(_leases.c.holder.is_(None), _leases.c.expires_at < _at("now")),
+        ).returning(_leases.c.job),
+        # A new run; nothing when the message already has one.
+        "insert_run": insert(_runs).values(
+            id=bindparam("run_id"), message_id=bindparam("message_id"), job=bindparam("job"),
+            schedule_id=bindparam("schedule_id"), retried=bindparam("retried"), attempts=1,
+            trigger=bindparam("trigger"), status=bindparam("status"), started_at=_at("now"),
+            expires_at=_at("run_expires"), finished_at=bindparam("finished_at", type_=_INSTANT),
+            duration_ms=bindparam("duration_ms"), error=bindparam("error"),
+        ).on_conflict_do_nothing().returning(_runs.c.id),
+    }
+
+
+_STATEMENTS = {name: _ledger_statements(name) for name in ("sqlite", "postgresql")}
+_FIND_RUN = select(_runs).where(_runs.c.message_id == bindparam("message_id"))
+# Parameters of UPDATE statements may not share a column's name.
+_FINISH_RUN = (
+    update(_runs)
+    .where(_runs.c.id == bindparam("run_id"), _runs.c.status == "running",
+           _runs.c.attempts == bindparam("attempt"))
+    .values(status=bindparam("outcome"),
+            result=bindparam("outcome_result", type_=_runs.c.result.type),
+            error=bindparam("outcome_error"), finished_at=_at("now"),
+            duration_ms=bindparam("took_ms"))
+)
+_RELEASE_LEASE = (
+    update(_leases)
+    .where(_leases.c.job == bindparam("job_name"), _leases.c.holder == bindparam("run_id"))
+    .values(holder=None, expires_at=None)
+)
+
+
+def _start(engine: Engine, job: Job, delivery: Delivery) -> tuple[str, int] | RunOutcome:
     now = utcnow()
-    with sessions.begin() as session:
-        claim = _claim(session, job, delivery, now)
-        if isinstance(claim, RunOutcome):
-            return claim
-        run_id, attempts = claim
-        if _take_lease(session, job, run_id, now):
-            return claim
-        reason = f"another run of {job.name} holds the job lease"
-        status = "skipped" if job.overlap == "skip" else "failed"
-        session.execute(
-            update(JobRun).where(JobRun.id == run_id)
-            .values(status=status, error=reason, finished_at=now, duration_ms=0)
-        )
+    run_id = uuid.uuid4().hex
+    params = {"run_id": run_id, "job": job.name, "now": now,
+              "lease_expires": now + job.lease_duration}
+    statements = _STATEMENTS[engine.dialect.name]
+    busy = f"another run of {job.name} holds the job lease"
+    blocked = "skipped" if job.overlap == "skip" else "failed"
+    with engine.begin() as conn:
+        leased = conn.execute(statements["take_lease"], params).first() is not None
+        done = None if leased else now
+        inserted = conn.execute(statements["insert_run"], {
+            **params, "message_id": delivery.message_id, "schedule_id": delivery.schedule_id,
+            "retried": delivery.retried, "trigger": delivery.trigger,
+            "status": "running" if leased else blocked, "run_expires": params["lease_expires"],
+            "finished_at": done, "duration_ms": None if leased else 0,
+            "error": None if leased else busy,
+        }).first()
+        if inserted is None:
+            # The message already has a run: undo the lease and look at that run instead.
+            conn.rollback()
+            with engine.begin() as retry:
+                claim = _take_over(retry, statements, job, delivery, now)
+                if isinstance(claim, RunOutcome):
+                    return claim
+                run_id, attempts = claim
+                lease = {**params, "run_id": run_id}
+                if retry.execute(statements["take_lease"], lease).first() is not None:
+                    return claim
+                retry.execute(update(_runs).where(_runs.c.id == run_id).values(
+                    status=blocked, error=busy, finished_at=now, duration_ms=0))
+        elif leased:
+            return run_id, 1
     if job.overlap == "skip":
         return RunOutcome(job=job.name, run_id=run_id, status="skipped", duplicate=False,
-                          result=None, reason=reason)
-    log.info("run deferred: %s; QStash will retry", reason, extra={"event": {"run_id": run_id}})
-    raise ServiceUnavailable(reason + "; retry later", code="job_busy", retry_after=60,
+                          result=None, reason=busy)
+    log.info("run deferred: %s; QStash will retry", busy, extra={"event": {"run_id": run_id}})
+    raise ServiceUnavailable(busy + "; retry later", code="job_busy", retry_after=60,
                              extra={"run_id": run_id})
 
 
-def _claim(
-    session: Session, job: Job, delivery: Delivery, now: datetime
-) -> tuple[str, int] | RunOutcome:
-    """Create this delivery's run, or take over / report the one its message already has."""
-    if delivery.message_id is not None:
-        existing = _run_for(session, delivery.message_id)
-        if existing is not None:
-            return _take_over(session, existing, job, delivery, now)
-    run = JobRun(
-        id=uuid.uuid4().hex,
-        message_id=delivery.message_id,
-        job=job.name,
-        schedule_id=delivery.schedule_id,
-        retried=delivery.retried,
-        attempts=1,
-        trigger=delivery.trigger,
-        status="running",
-        started_at=now,
-        expires_at=now + job.lease_duration,
-    )
-    try:
-        with session.begin_nested():
-            session.add(run)
-    except IntegrityError:
-        # A concurrent delivery of the same message committed its run first.
-        if delivery.message_id is None:
-            raise
-        existing = _run_for(session, delivery.message_id)
-        assert existing is not None
-        return _take_over(session, existing, job, delivery, now)
-    return run.id, 1
-
-
-def _run_for(session: Session, message_id: str) -> JobRun | None:
-    return session.scalars(select(JobRun).where(JobRun.message_id == message_id)).one_or_none()
-
-
 def _take_over(
-    session: Session, existing: JobRun, job: Job, delivery: Delivery, now: datetime
+    conn: Connection, statements: dict[str, Any], job: Job, delivery: Delivery, now: datetime
 ) -> tuple[str, int] | RunOutcome:
+    """Report the run this delivery's message already has, or take it over if it failed."""
+    existing = conn.execute(_FIND_RUN, {"message_id": delivery.message_id}).one()
     if existing.job != job.name:
         log.warning("message id replayed for another job",
                     extra={"event": {"first_job": existing.job}})
@@ -251,11 +284,11 @@ def _take_over(
             extra={"run_id": existing.id},
         )
     # A failed attempt, or a running one whose worker died: this delivery takes it over.
-    run_id, attempts = existing.id, existing.attempts + 1
-    taken = session.execute(
-        update(JobRun)
-        .where(JobRun.id == existing.id, JobRun.status == existing.status,
-               JobRun.attempts == existing.attempts)
+    attempts = existing.attempts + 1
+    taken = conn.execute(
+        update(_runs)
+        .where(_runs.c.id == existing.id, _runs.c.status == existing.status,
+               _runs.c.attempts == existing.attempts)
         .values(status="running", attempts=attempts,
                 retried=delivery.retried, trigger=delivery.trigger, started_at=now,
                 expires_at=now + job.lease_duration,
@@ -267,30 +300,12 @@ def _take_over(
             code="attempt_in_progress",
             retry_after=5,
         )
-    return run_id, attempts
-
-
-def _take_lease(session: Session, job: Job, holder: str, now: datetime) -> bool:
-    take = (
-        update(JobLease)
-        .where(JobLease.job == job.name,
-               or_(JobLease.holder.is_(None), JobLease.expires_at < now))
-        .values(holder=holder, acquired_at=now, expires_at=now + job.lease_duration)
-    )
-    if rowcount(session.execute(take)) == 1:
-        return True
-    if session.get(JobLease, job.name) is not None:
-        return False
-    # First run of this job on this database: create its lease row, then take it.
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(JobLease).values(job=job.name).on_conflict_do_nothing())
-    return rowcount(session.execute(take)) == 1
+    return existing.id, attempts
 
 
 def _execute(
     app: Flask,
-    sessions: sessionmaker[Session],
+    engine: Engine,
     job: Job,
     delivery: Delivery,
     run_id: str,
@@ -308,27 +323,26 @@ def _execute(
         result = dict(job.handler(context))
         json.dumps(result)  # fail here, not at commit, if the handler returned non-JSON data
     except JobError as exc:
-        _finish(sessions, job, run_id, attempts, status="failed", error=f"{exc.code}: {exc}",
+        _finish(engine, job, run_id, attempts, status="failed", error=f"{exc.code}: {exc}",
                 started=started)
         log.warning("run failed: %s", exc, extra={"event": {"retryable": exc.retryable}})
         if not exc.retryable:
             raise NonRetryable(str(exc), code=exc.code, extra={"run_id": run_id}) from exc
         raise AppError(str(exc), code=exc.code, status=500, extra={"run_id": run_id}) from exc
     except Exception as exc:
-        _finish(sessions, job, run_id, attempts, status="failed",
+        _finish(engine, job, run_id, attempts, status="failed",
                 error=f"{type(exc).__name__}: {str(exc)[:500]}", started=started)
         log.exception("run crashed; QStash will retry")
         raise AppError(f"job {job.name} failed; see the logs for run {run_id}",
                        code="job_failed", status=500, extra={"run_id": run_id}) from exc
-    _finish(sessions, job, run_id, attempts, status="succeeded", result=result,
-            started=started)
+    _finish(engine, job, run_id, attempts, status="succeeded", result=result, started=started)
     log.info("run succeeded", extra={"event": {"result": result}})
     return RunOutcome(job=job.name, run_id=run_id, status="succeeded", duplicate=False,
                       result=result)
 
 
 def _finish(
-    sessions: sessionmaker[Session],
+    engine: Engine,
     job: Job,
     run_id: str,
     attempts: int,
@@ -340,18 +354,12 @@ def _finish(
 ) -> None:
     """Record the run's outcome and release the job's lease, in one transaction."""
     duration = int((time.monotonic() - started) * 1000)
-    with sessions.begin() as session:
-        written = session.execute(
-            update(JobRun)
-            .where(JobRun.id == run_id, JobRun.status == "running", JobRun.attempts == attempts)
-            .values(status=status, result=result, error=error, finished_at=utcnow(),
-                    duration_ms=duration)
-        )
-        session.execute(
-            update(JobLease)
-            .where(JobLease.job == job.name, JobLease.holder == run_id)
-            .values(holder=None, expires_at=None)
-        )
+    with engine.begin() as conn:
+        written = conn.execute(_FINISH_RUN, {
+            "run_id": run_id, "attempt": attempts, "outcome": status, "outcome_result": result,
+            "outcome_error": error, "now": utcnow(), "took_ms": duration,
+        })
+        conn.execute(_RELEASE_LEASE, {"job_name": job.name, "run_id": run_id})
     if rowcount(written) != 1:
         # The run expired and another attempt took it over; its outcome stands.
         log.warning("run outcome not recorded: the run was taken over by a later attempt")

@@ -335,6 +335,30 @@ def test_overlap_retry_policy_defers_and_the_retry_runs(
     assert len(executions(marker)) == 1
 
 
+@pytest.mark.parametrize(("job", "status", "answer"),
+                         [("probe", "skipped", 200), ("probe-retry", "failed", 503)])
+def test_a_retry_that_finds_the_job_busy_keeps_its_run_and_frees_nothing(
+    app: Flask, client: FlaskClient, marker: Path, job: str, status: str, answer: int
+) -> None:
+    body = job_body(job, marker=str(marker), action="fail_first")
+    target = f"/api/cron/{job}"
+    assert deliver(client, body, target=target, message_id="msg_busy_retry").status_code == 500
+    [failed] = runs(app)
+    with get_sessions(app).begin() as session:
+        session.get_one(JobLease, job).holder = "someone-else"
+        session.get_one(JobLease, job).expires_at = utcnow() + timedelta(minutes=5)
+
+    retried = deliver(client, body, target=target, message_id="msg_busy_retry", retried=1)
+    assert retried.status_code == answer
+    [run] = runs(app)
+    assert (run.id, run.status, run.attempts, run.retried) == (failed.id, status, 2, 1)
+    assert "holds the job lease" in (run.error or "")
+    assert run.finished_at is not None
+    assert len(executions(marker)) == 1  # only the first, failed attempt ran
+    with get_sessions(app)() as session:
+        assert session.get_one(JobLease, job).holder == "someone-else"
+
+
 def test_a_crashed_runs_lease_and_attempt_expire(
     app: Flask, client: FlaskClient, marker: Path
 ) -> None:
