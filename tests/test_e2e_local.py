@@ -81,7 +81,12 @@ def stack(make_app: AppFactory, env: dict[str, str], request: pytest.FixtureRequ
     port = free_port()
     # Start 30 s into the previous minute, so a cron slot can be reached without signing
     # tokens in the future of the service's real clock.
-    clock = Clock(math.floor(time.time() / 60) * 60 - 30)
+    # Thirty seconds before the current minute's slot, or the previous minute's on the hour,
+    # when the real jobs' schedules (0 */2 * * *, ...) would fire as well.
+    minute = math.floor(time.time() / 60) * 60
+    if time.gmtime(minute).tm_min == 0:
+        minute -= 60
+    clock = Clock(minute - 30)
     local = LocalQStash(LocalQStashConfig(sign_with=sign_with, backoff_scale=0.001),
                         clock=clock)
     with serve(local) as qstash_server:
