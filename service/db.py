@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -14,8 +15,12 @@ from sqlalchemy.engine import CursorResult, Dialect, Result, make_url
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from .errors import ConfigurationError
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+# The job ledger's statements use INSERT ... RETURNING (service/jobs.py).
+SQLITE_MIN_VERSION = (3, 35, 0)
 
 
 def utcnow() -> datetime:
@@ -63,6 +68,11 @@ def make_engine(url: str, **options: Any) -> Engine:
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        if sqlite3.sqlite_version_info < SQLITE_MIN_VERSION:
+            raise ConfigurationError(
+                f"DATABASE_URL names SQLite, but this Python's SQLite is {sqlite3.sqlite_version};"
+                " the service needs 3.35 or later (use the container image, or PostgreSQL)"
+            )
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(

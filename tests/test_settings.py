@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
 
+from service import db
 from service.errors import ConfigurationError
 from service.settings import Settings, validate_qstash_config
 from tests.helpers import CURRENT_KEY, NEXT_KEY
@@ -113,3 +117,12 @@ def test_report_serialises_without_secrets() -> None:
                                  "fix": data["problems"][0]["fix"],  # type: ignore[index]
                                  "severity": "error"}]
     assert "bad-secret-value" not in str(data)
+
+
+def test_an_sqlite_without_returning_is_refused_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.31.1")
+    with pytest.raises(ConfigurationError, match=r"SQLite is 3\.31\.1.*3\.35 or later"):
+        db.make_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
