@@ -23,7 +23,8 @@ FUZZ_EXAMPLES := 5000
 KILL_ROUNDS := 20
 endif
 
-.PHONY: install lint test test-sqlite test-postgres run serve demo migrate bench reliability clean
+.PHONY: install lint test test-sqlite test-postgres run serve demo migrate bench reliability \
+	reliability-tests reliability-load clean
 
 install: $(VENV)/.installed
 
@@ -72,12 +73,16 @@ bench: install
 	$(PY) -m bench.load.delivery_cpu --database both $(CPU_ARGS)
 
 # The guarantees (docs/reliability.md): fuzzing, secrets, faults, kill loops, a duplicate storm
-# and memory per worker.
-reliability: install
+# and memory per worker. With QUICK=1 the tests part runs exactly what `make test` runs.
+reliability: reliability-tests reliability-load
+
+reliability-tests: install
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) KILL_ROUNDS=$(KILL_ROUNDS) $(PY) -m pytest -p no:cacheprovider \
 		--hypothesis-show-statistics tests/test_fuzz_security.py tests/test_secrets.py \
 		tests/test_limits.py tests/test_faults.py tests/payouts/test_fault_loops.py \
 		tests/payouts/test_exactly_once.py tests/payouts/test_outbox.py
+
+reliability-load: install
 	$(PY) -m bench.load.run_load --database both --phases storm,memory $(LOAD_ARGS)
 
 clean:

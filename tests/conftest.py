@@ -28,6 +28,19 @@ SETTING_PREFIXES = (
 )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the PostgreSQL pass (TEST_DATABASE_URL set), run only the tests on the test database.
+
+    They are the ones that use the `database_url` fixture, directly or through `env`, `app`,
+    `client` or `runner`; the others do not depend on it and ran in the SQLite pass.
+    """
+    if not os.environ.get("TEST_DATABASE_URL"):
+        return
+    on_database = [item for item in items if "database_url" in getattr(item, "fixturenames", ())]
+    config.hook.pytest_deselected(items=[item for item in items if item not in on_database])
+    items[:] = on_database
+
+
 @pytest.fixture(autouse=True)
 def _scrub_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the developer's environment and .env out of every test."""
