@@ -225,9 +225,13 @@ class _Ledger:
 
 
 def _processor(kind: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any]:
+    """Convert a value as SQLAlchemy would for a column of this type; None stays SQL NULL."""
     process = kind.dialect_impl(dialect).bind_processor(dialect)
-    return (lambda value: None if value is None else process(value)) if process else (
-        lambda value: value)
+
+    def convert(value: Any) -> Any:
+        return value if value is None or process is None else process(value)
+
+    return convert
 
 
 def _start(engine: Engine, job: Job, delivery: Delivery) -> tuple[str, int] | RunOutcome:
@@ -248,20 +252,20 @@ def _start(engine: Engine, job: Job, delivery: Delivery) -> tuple[str, int] | Ru
             "duration_ms": None if leased else 0, "error": None if leased else busy,
         }).first()
         if inserted is None:
-            # The message already has a run: undo the lease and look at that run instead.
-            conn.rollback()
-            with engine.begin() as retry:
-                claim = _take_over(retry, job, delivery, now)
-                if isinstance(claim, RunOutcome):
-                    return claim
-                run_id, attempts = claim
-                if retry.exec_driver_sql(ledger.take_lease,
-                                         {**lease, "run_id": run_id}).first() is not None:
-                    return claim
-                retry.execute(update(_runs).where(_runs.c.id == run_id).values(
-                    status=blocked, error=busy, finished_at=now, duration_ms=0))
+            conn.rollback()  # the message already has a run: undo the lease taken for this one
         elif leased:
             return run_id, 1
+    if inserted is None:
+        with engine.begin() as conn:
+            claim = _take_over(conn, job, delivery, now)
+            if isinstance(claim, RunOutcome):
+                return claim
+            run_id, attempts = claim
+            lease["run_id"] = run_id
+            if conn.exec_driver_sql(ledger.take_lease, lease).first() is not None:
+                return claim
+            conn.execute(update(_runs).where(_runs.c.id == run_id).values(
+                status=blocked, error=busy, finished_at=now, duration_ms=0))
     if job.overlap == "skip":
         return RunOutcome(job=job.name, run_id=run_id, status="skipped", duplicate=False,
                           result=None, reason=busy)
