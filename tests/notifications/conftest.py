@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
@@ -14,6 +13,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from service.notifications import Notice
+from tests.helpers import free_port
 
 HOST = "127.0.0.1"
 RECIPIENT = "ana@example.com"
@@ -50,14 +50,6 @@ def make_notice(kind: str = "upcoming_payout", /, **payload: Any) -> Notice:
         payload={**PAYLOADS.get(kind, {}), **payload},
         dedup_key=f"{kind}:42",
     )
-
-
-def free_port() -> int:
-    """Return a loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RecordingHandler:

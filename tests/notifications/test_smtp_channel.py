@@ -12,6 +12,7 @@ import pytest
 
 from service.notifications import Channel, DeliveryError, Notice, SmtpChannel, render_notice
 from service.notifications.channels import message_id_for
+from tests.helpers import free_port
 from tests.notifications.conftest import (
     HOST,
     MAIL_FROM,
@@ -19,7 +20,6 @@ from tests.notifications.conftest import (
     Authenticator,
     SmtpServer,
     StartSmtp,
-    free_port,
     make_notice,
 )
 

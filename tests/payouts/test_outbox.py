@@ -18,8 +18,8 @@ from service.notifications import DeliveryError, Notice
 from service.payouts import outbox
 from service.payouts.models import Notification
 from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer, outbox_rows
-from tests.helpers import ADMIN_TOKEN
-from tests.notifications.conftest import HOST, RecordingHandler, free_port
+from tests.helpers import ADMIN_TOKEN, free_port
+from tests.notifications.conftest import HOST, RecordingHandler
 
 from .test_process_transfers import run
 
