@@ -35,7 +35,7 @@ from typing import Any
 
 from bench.databases import SetupError
 from bench.load.run_load import DEFAULT_POSTGRES_URL, prepare_database, service_environment
-from service import create_app, jobs
+from service import create_app, extensions, jobs
 from service.extensions import get_engine, get_jobs
 from service.qstash_local import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY
 from service.signature import qstash_claims, sign_claims, verify_signature
@@ -71,7 +71,11 @@ def service(database_url: str, log_path: Path) -> Iterator[Any]:
             # handler writes to the stdout it finds at start-up: the file.
             import bench.load.noop_wsgi  # noqa: F401
 
-            yield create_app()
+            app = create_app()
+            try:
+                yield app
+            finally:
+                extensions.close(app)
     finally:
         os.environ.clear()
         os.environ.update(saved)
