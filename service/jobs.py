@@ -162,9 +162,11 @@ def run_job(app: Flask, engine: Engine, job: Job, delivery: Delivery) -> RunOutc
             return _execute(app, engine, job, delivery, run_id, attempts)
 
 
-# The four statements every delivery runs, in SQL that SQLite and PostgreSQL share, run with
+# The statements every delivery runs, in SQL that SQLite and PostgreSQL share, run with
 # exec_driver_sql: compiling them through SQLAlchemy on each delivery took longer than running
 # them. Values are converted by the column types' own processors, as SQLAlchemy would.
+# Every transaction locks the run's row before the job's lease row, never the other way round:
+# the opposite order in two transactions deadlocks on PostgreSQL.
 _TAKE_LEASE = (  # take the job's lease if free or expired, creating its row on the first run
     "INSERT INTO job_leases (job, holder, acquired_at, expires_at)"
     " VALUES (:job, :run_id, :now, :expires)"
@@ -173,12 +175,16 @@ _TAKE_LEASE = (  # take the job's lease if free or expired, creating its row on 
     " WHERE job_leases.holder IS NULL OR job_leases.expires_at < excluded.acquired_at"
     " RETURNING job"
 )
-_INSERT_RUN = (  # a new run; nothing when the message already has one
+_INSERT_RUN = (  # a new running run; nothing when the message already has one
     "INSERT INTO job_runs (id, message_id, job, schedule_id, retried, attempts, trigger,"
-    " status, started_at, expires_at, finished_at, duration_ms, error)"
+    " status, started_at, expires_at)"
     " VALUES (:run_id, :message_id, :job, :schedule_id, :retried, 1, :trigger,"
-    " :status, :now, :expires, :finished_at, :duration_ms, :error)"
+    " 'running', :now, :expires)"
     " ON CONFLICT DO NOTHING RETURNING id"
+)
+_BLOCK_RUN = (  # the job's lease is held: the run ends without running
+    "UPDATE job_runs SET status = :status, error = :error, finished_at = :now, duration_ms = 0"
+    " WHERE id = :run_id"
 )
 _FINISH_RUN = (
     "UPDATE job_runs SET status = :status, result = :result, error = :error,"
@@ -198,6 +204,7 @@ class _Ledger:
 
     take_lease: str
     insert_run: str
+    block_run: str
     finish_run: str
     release_lease: str
     instant: Callable[[datetime | None], Any]
@@ -217,6 +224,7 @@ class _Ledger:
         return cls(
             take_lease=style(_TAKE_LEASE),
             insert_run=style(_INSERT_RUN),
+            block_run=style(_BLOCK_RUN),
             finish_run=style(_FINISH_RUN),
             release_lease=style(_RELEASE_LEASE),
             instant=_processor(_runs.c.started_at.type, dialect),
@@ -238,34 +246,22 @@ def _start(engine: Engine, job: Job, delivery: Delivery) -> tuple[str, int] | Ru
     ledger = _Ledger.of(engine.dialect)
     now = utcnow()
     run_id = uuid.uuid4().hex
-    lease = {"job": job.name, "run_id": run_id, "now": ledger.instant(now),
-             "expires": ledger.instant(now + job.lease_duration)}
+    params = {"job": job.name, "run_id": run_id, "now": ledger.instant(now),
+              "expires": ledger.instant(now + job.lease_duration)}
     busy = f"another run of {job.name} holds the job lease"
-    blocked = "skipped" if job.overlap == "skip" else "failed"
     with engine.begin() as conn:
-        leased = conn.exec_driver_sql(ledger.take_lease, lease).first() is not None
         inserted = conn.exec_driver_sql(ledger.insert_run, {
-            **lease, "message_id": delivery.message_id, "schedule_id": delivery.schedule_id,
+            **params, "message_id": delivery.message_id, "schedule_id": delivery.schedule_id,
             "retried": delivery.retried, "trigger": delivery.trigger,
-            "status": "running" if leased else blocked,
-            "finished_at": None if leased else lease["now"],
-            "duration_ms": None if leased else 0, "error": None if leased else busy,
         }).first()
-        if inserted is None:
-            conn.rollback()  # the message already has a run: undo the lease taken for this one
-        elif leased:
-            return run_id, 1
-    if inserted is None:
-        with engine.begin() as conn:
-            claim = _take_over(conn, job, delivery, now)
-            if isinstance(claim, RunOutcome):
-                return claim
-            run_id, attempts = claim
-            lease["run_id"] = run_id
-            if conn.exec_driver_sql(ledger.take_lease, lease).first() is not None:
-                return claim
-            conn.execute(update(_runs).where(_runs.c.id == run_id).values(
-                status=blocked, error=busy, finished_at=now, duration_ms=0))
+        claim = (run_id, 1) if inserted else _take_over(conn, job, delivery, now)
+        if isinstance(claim, RunOutcome):
+            return claim
+        run_id = params["run_id"] = claim[0]
+        if conn.exec_driver_sql(ledger.take_lease, params).first() is not None:
+            return claim
+        conn.exec_driver_sql(ledger.block_run, {
+            **params, "status": "skipped" if job.overlap == "skip" else "failed", "error": busy})
     if job.overlap == "skip":
         return RunOutcome(job=job.name, run_id=run_id, status="skipped", duplicate=False,
                           result=None, reason=busy)

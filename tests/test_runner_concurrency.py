@@ -5,14 +5,16 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, text
 
-from service.extensions import get_sessions
-from service.models import JobRun
+from service.db import utcnow
+from service.extensions import get_engine, get_sessions
+from service.models import JobLease, JobRun
 from tests.helpers import delivery_headers, job_body
 from tests.workers import deliver_in_fresh_process
 
@@ -89,3 +91,46 @@ def test_overlap_guard_holds_across_processes(
     assert sorted(str(data["status"]) for _, data in results) == ["skipped", "succeeded"]
     assert len(executions(marker)) == 1
     assert sorted(run.status for run in all_runs(app)) == ["skipped", "succeeded"]
+
+
+def test_a_duplicate_arriving_while_its_run_finishes_waits_and_does_not_deadlock(
+    app: Flask, marker: Path
+) -> None:
+    """A run's last transaction locks its row, then the lease; a delivery must lock in that order.
+
+    The run's finishing transaction is held open between its two statements while a duplicate
+    of its message arrives. Locking the lease first, the duplicate would hold the lease row while
+    waiting for the run row: a deadlock on PostgreSQL (on SQLite it waits for the writer lock).
+    """
+    now = utcnow()
+    with get_sessions(app).begin() as session:
+        session.add(JobRun(id="finishing", message_id="msg_finishing", job="probe", retried=0,
+                           attempts=1, trigger="qstash", status="running", started_at=now,
+                           expires_at=now + timedelta(minutes=5)))
+        session.add(JobLease(job="probe", holder="finishing", acquired_at=now,
+                             expires_at=now + timedelta(minutes=5)))
+    body = job_body("probe", marker=str(marker))
+    headers = delivery_headers(body, target="/api/cron/probe", message_id="msg_finishing")
+    answers = {}
+
+    def deliver() -> None:
+        answers["duplicate"] = app.test_client().post("/api/qstash", data=body, headers=headers)
+
+    with get_engine(app).connect() as conn, conn.begin():
+        conn.execute(text("UPDATE job_runs SET status = 'succeeded', finished_at = started_at,"
+                          " duration_ms = 1 WHERE id = 'finishing'"))
+        thread = threading.Thread(target=deliver)
+        thread.start()
+        time.sleep(0.5)  # the duplicate is now waiting on this transaction
+        conn.execute(text("UPDATE job_leases SET holder = NULL, expires_at = NULL"
+                          " WHERE job = 'probe' AND holder = 'finishing'"))
+    thread.join(timeout=30)
+    duplicate = answers["duplicate"]
+    assert duplicate.status_code == 200, duplicate.get_json()
+    assert duplicate.get_json()["duplicate"] is True
+    assert duplicate.get_json()["run_id"] == "finishing"
+    assert executions(marker) == []
+    [run] = all_runs(app)
+    assert run.status == "succeeded"
+    with get_sessions(app)() as session:
+        assert session.get_one(JobLease, "probe").holder is None
