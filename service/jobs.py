@@ -12,11 +12,12 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 from flask import Blueprint, Flask, Response, jsonify
-from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, select, update
+from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeEngine
 
-from .db import rowcount, utcnow
+from .db import autocommit, rowcount, run_statement, utcnow
 from .errors import AppError, NonRetryable, ServiceUnavailable
 from .logs import log_context
 from .models import JobRun
@@ -145,11 +146,12 @@ def run_job(app: Flask, engine: Engine, job: Job, delivery: Delivery) -> RunOutc
 
     Raise AppError for outcomes that are not a 200: 503 while an earlier attempt runs or the
     job is busy under the `retry` policy, 500 on a retryable failure, 489 on a permanent one.
-    Two short transactions frame the job: one claims the run and the job's lease, the other
-    records the outcome and releases the lease.
+    The job is framed by two statements on one connection, each its own transaction: one
+    claims the run and the job, the other records the outcome and so frees the job.
     """
-    with log_context(job=job.name, message_id=delivery.message_id):
-        start = _start(engine, job, delivery)
+    with log_context(job=job.name, message_id=delivery.message_id), \
+            autocommit(engine.connect()) as conn:
+        start = _start(conn, job, delivery)
         if isinstance(start, RunOutcome):
             if start.duplicate:
                 log.info("duplicate delivery; returning the stored outcome",
@@ -159,54 +161,50 @@ def run_job(app: Flask, engine: Engine, job: Job, delivery: Delivery) -> RunOutc
             return start
         run_id, attempts = start
         with log_context(run_id=run_id):
-            return _execute(app, engine, job, delivery, run_id, attempts)
+            return _execute(app, conn, job, delivery, run_id, attempts)
 
 
 # The statements every delivery runs, in SQL that SQLite and PostgreSQL share, run with
 # exec_driver_sql: compiling them through SQLAlchemy on each delivery took longer than running
 # them. Values are converted by the column types' own processors, as SQLAlchemy would.
-# Every transaction locks the run's row before the job's lease row, never the other way round:
-# the opposite order in two transactions deadlocks on PostgreSQL.
-_TAKE_LEASE = (  # take the job's lease if free or expired, creating its row on the first run
-    "INSERT INTO job_leases (job, holder, acquired_at, expires_at)"
-    " VALUES (:job, :run_id, :now, :expires)"
-    " ON CONFLICT (job) DO UPDATE SET holder = excluded.holder,"
-    " acquired_at = excluded.acquired_at, expires_at = excluded.expires_at"
-    " WHERE job_leases.holder IS NULL OR job_leases.expires_at < excluded.acquired_at"
-    " RETURNING job"
-)
-_INSERT_RUN = (  # a new running run; nothing when the message already has one
+# A running run is the job's lease: the unique index uq_job_runs_running_job admits one running
+# run per job, so claiming the message and the job is one INSERT, and recording the outcome
+# releases the job. Each hot-path statement is its own transaction (autocommit): one round trip
+# on PostgreSQL, and SQLite's writer lock is held only while the statement runs.
+_CLAIM_RUN = (  # nothing when the message already has a run or the job has a running run
     "INSERT INTO job_runs (id, message_id, job, schedule_id, retried, attempts, trigger,"
     " status, started_at, expires_at)"
     " VALUES (:run_id, :message_id, :job, :schedule_id, :retried, 1, :trigger,"
     " 'running', :now, :expires)"
     " ON CONFLICT DO NOTHING RETURNING id"
 )
-_BLOCK_RUN = (  # the job's lease is held: the run ends without running
-    "UPDATE job_runs SET status = :status, error = :error, finished_at = :now, duration_ms = 0"
-    " WHERE id = :run_id"
+_BLOCK_RUN = (  # a new message for a job whose running run has not expired: ends unrun
+    "INSERT INTO job_runs (id, message_id, job, schedule_id, retried, attempts, trigger,"
+    " status, started_at, expires_at, finished_at, duration_ms, error)"
+    " SELECT :run_id, :message_id, job, :schedule_id, :retried, 1, :trigger,"
+    " :status, :now, :now, :now, 0, :error"
+    " FROM job_runs WHERE job = :job AND status = 'running' AND expires_at > :now"
+    " ON CONFLICT DO NOTHING RETURNING id"
 )
 _FINISH_RUN = (
     "UPDATE job_runs SET status = :status, result = :result, error = :error,"
     " finished_at = :now, duration_ms = :duration_ms"
     " WHERE id = :run_id AND status = 'running' AND attempts = :attempts"
 )
-_RELEASE_LEASE = (
-    "UPDATE job_leases SET holder = NULL, expires_at = NULL WHERE job = :job AND holder = :run_id"
-)
 _runs = cast(Table, JobRun.__table__)
 _FIND_RUN = select(_runs).where(_runs.c.message_id == bindparam("message_id"))
+# Claims of a delivery whose message or job changes state under it between its statements.
+_CLAIM_ATTEMPTS = 3
+_EXPIRED = "expired: no outcome was recorded before the run's lease ended; a later run took over"
 
 
 @dataclass(frozen=True)
 class _Ledger:
     """The hot-path statements and value conversions for one database driver."""
 
-    take_lease: str
-    insert_run: str
+    claim_run: str
     block_run: str
     finish_run: str
-    release_lease: str
     instant: Callable[[datetime | None], Any]
     json: Callable[[Mapping[str, Any] | None], Any]
 
@@ -222,11 +220,9 @@ class _Ledger:
         else:
             raise RuntimeError(f"no ledger SQL for the {dialect.name} driver {dialect.driver}")
         return cls(
-            take_lease=style(_TAKE_LEASE),
-            insert_run=style(_INSERT_RUN),
+            claim_run=style(_CLAIM_RUN),
             block_run=style(_BLOCK_RUN),
             finish_run=style(_FINISH_RUN),
-            release_lease=style(_RELEASE_LEASE),
             instant=_processor(_runs.c.started_at.type, dialect),
             json=_processor(_runs.c.result.type, dialect),
         )
@@ -242,81 +238,131 @@ def _processor(kind: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any]:
     return convert
 
 
-def _start(engine: Engine, job: Job, delivery: Delivery) -> tuple[str, int] | RunOutcome:
-    ledger = _Ledger.of(engine.dialect)
-    now = utcnow()
-    run_id = uuid.uuid4().hex
-    params = {"job": job.name, "run_id": run_id, "now": ledger.instant(now),
-              "expires": ledger.instant(now + job.lease_duration)}
-    busy = f"another run of {job.name} holds the job lease"
-    with engine.begin() as conn:
-        inserted = conn.exec_driver_sql(ledger.insert_run, {
-            **params, "message_id": delivery.message_id, "schedule_id": delivery.schedule_id,
-            "retried": delivery.retried, "trigger": delivery.trigger,
-        }).first()
-        claim = (run_id, 1) if inserted else _take_over(conn, job, delivery, now)
-        if isinstance(claim, RunOutcome):
-            return claim
-        run_id = params["run_id"] = claim[0]
-        if conn.exec_driver_sql(ledger.take_lease, params).first() is not None:
-            return claim
-        conn.exec_driver_sql(ledger.block_run, {
-            **params, "status": "skipped" if job.overlap == "skip" else "failed", "error": busy})
+@dataclass(frozen=True)
+class _Busy:
+    """The job's running run holds it: this delivery's run was recorded as not run."""
+
+    run_id: str
+
+
+def _start(conn: Connection, job: Job, delivery: Delivery) -> tuple[str, int] | RunOutcome:
+    ledger = _Ledger.of(conn.dialect)
+    for _ in range(_CLAIM_ATTEMPTS):
+        now = utcnow()
+        run_id = uuid.uuid4().hex
+        params = {"job": job.name, "run_id": run_id, "message_id": delivery.message_id,
+                  "schedule_id": delivery.schedule_id, "retried": delivery.retried,
+                  "trigger": delivery.trigger, "now": ledger.instant(now),
+                  "expires": ledger.instant(now + job.lease_duration)}
+        if run_statement(conn, ledger.claim_run, params)[0]:
+            return run_id, 1
+        if run_statement(conn, ledger.block_run, {
+                **params, "status": _blocked_status(job), "error": _busy(job)})[0]:
+            return _blocked(job, run_id)
+        # The message already has a run, the job's running run has expired, or the job was
+        # freed between the two statements: settle it in one transaction.
+        try:
+            with conn.engine.begin() as transaction:
+                claim = _settle(transaction, job, delivery, run_id, now)
+        except IntegrityError:
+            # PostgreSQL: a concurrent delivery claimed the message or the job meanwhile.
+            continue
+        return _blocked(job, claim.run_id) if isinstance(claim, _Busy) else claim
+    raise ServiceUnavailable(
+        f"concurrent deliveries kept claiming message {delivery.message_id} or job {job.name}",
+        code="attempt_in_progress", retry_after=5,
+    )
+
+
+def _blocked(job: Job, run_id: str) -> RunOutcome:
+    """Answer a run recorded as not run because the job's running run holds the job."""
     if job.overlap == "skip":
         return RunOutcome(job=job.name, run_id=run_id, status="skipped", duplicate=False,
-                          result=None, reason=busy)
-    log.info("run deferred: %s; QStash will retry", busy, extra={"event": {"run_id": run_id}})
-    raise ServiceUnavailable(busy + "; retry later", code="job_busy", retry_after=60,
+                          result=None, reason=_busy(job))
+    log.info("run deferred: %s; QStash will retry", _busy(job),
+             extra={"event": {"run_id": run_id}})
+    raise ServiceUnavailable(_busy(job) + "; retry later", code="job_busy", retry_after=60,
                              extra={"run_id": run_id})
 
 
-def _take_over(
-    conn: Connection, job: Job, delivery: Delivery, now: datetime
-) -> tuple[str, int] | RunOutcome:
-    """Report the run this delivery's message already has, or take it over if it failed."""
-    existing = conn.execute(_FIND_RUN, {"message_id": delivery.message_id}).one()
-    if existing.job != job.name:
-        log.warning("message id replayed for another job",
-                    extra={"event": {"first_job": existing.job}})
-        raise NonRetryable(
-            f"message {delivery.message_id} already ran job {existing.job!r}; "
-            "a message cannot target two jobs",
-            code="replayed_message",
-        )
-    if existing.status in ("succeeded", "skipped"):
-        return RunOutcome(job=job.name, run_id=existing.id, status=existing.status,
-                          duplicate=True, result=existing.result, reason=existing.error)
-    if existing.status == "running" and existing.expires_at > now:
-        wait = int((existing.expires_at - now).total_seconds()) + 1
-        raise ServiceUnavailable(
-            f"an earlier attempt of message {delivery.message_id} is still running",
-            code="attempt_in_progress",
-            retry_after=max(1, min(wait, 300)),
-            extra={"run_id": existing.id},
-        )
-    # A failed attempt, or a running one whose worker died: this delivery takes it over.
-    attempts = existing.attempts + 1
-    taken = conn.execute(
+def _busy(job: Job) -> str:
+    return f"another run of {job.name} is still running"
+
+
+def _blocked_status(job: Job) -> str:
+    return "skipped" if job.overlap == "skip" else "failed"
+
+
+def _settle(
+    conn: Connection, job: Job, delivery: Delivery, run_id: str, now: datetime
+) -> tuple[str, int] | RunOutcome | _Busy:
+    """Report the run this delivery's message already has, or start or block a run for it."""
+    existing = None
+    if delivery.message_id is not None:
+        existing = conn.execute(_FIND_RUN, {"message_id": delivery.message_id}).one_or_none()
+    if existing is not None:
+        if existing.job != job.name:
+            log.warning("message id replayed for another job",
+                        extra={"event": {"first_job": existing.job}})
+            raise NonRetryable(
+                f"message {delivery.message_id} already ran job {existing.job!r}; "
+                "a message cannot target two jobs",
+                code="replayed_message",
+            )
+        if existing.status in ("succeeded", "skipped"):
+            return RunOutcome(job=job.name, run_id=existing.id, status=existing.status,
+                              duplicate=True, result=existing.result, reason=existing.error)
+        if existing.status == "running" and existing.expires_at > now:
+            wait = int((existing.expires_at - now).total_seconds()) + 1
+            raise ServiceUnavailable(
+                f"an earlier attempt of message {delivery.message_id} is still running",
+                code="attempt_in_progress",
+                retry_after=max(1, min(wait, 300)),
+                extra={"run_id": existing.id},
+            )
+    # A running run past its lease has lost its worker: it ends as failed and frees the job.
+    conn.execute(
         update(_runs)
-        .where(_runs.c.id == existing.id, _runs.c.status == existing.status,
-               _runs.c.attempts == existing.attempts)
-        .values(status="running", attempts=attempts,
-                retried=delivery.retried, trigger=delivery.trigger, started_at=now,
-                expires_at=now + job.lease_duration,
-                finished_at=None, duration_ms=None, result=None, error=None)
+        .where(_runs.c.job == job.name, _runs.c.status == "running", _runs.c.expires_at <= now)
+        .values(status="failed", error=_EXPIRED, finished_at=now)
     )
-    if rowcount(taken) != 1:
-        raise ServiceUnavailable(
-            f"another attempt of message {delivery.message_id} just started",
-            code="attempt_in_progress",
-            retry_after=5,
+    holder = conn.execute(
+        select(_runs.c.id).where(_runs.c.job == job.name, _runs.c.status == "running")
+    ).first()
+    if holder is None:
+        values: dict[str, Any] = {"status": "running", "expires_at": now + job.lease_duration,
+                                  "finished_at": None, "duration_ms": None, "error": None}
+    else:
+        values = {"status": _blocked_status(job), "expires_at": now, "finished_at": now,
+                  "duration_ms": 0, "error": _busy(job)}
+    values.update(retried=delivery.retried, trigger=delivery.trigger, started_at=now,
+                  result=None)
+    if existing is None:
+        # A message's first delivery, or a run without a message (admin or command line).
+        attempts = 1
+        conn.execute(insert(_runs).values(id=run_id, message_id=delivery.message_id,
+                                          job=job.name, schedule_id=delivery.schedule_id,
+                                          attempts=attempts, **values))
+    else:
+        # A failed attempt, or a running one whose worker died: this delivery takes it over.
+        run_id, attempts = existing.id, existing.attempts + 1
+        taken = conn.execute(
+            update(_runs)
+            .where(_runs.c.id == run_id, _runs.c.attempts == existing.attempts)
+            .values(attempts=attempts, **values)
         )
-    return existing.id, attempts
+        if rowcount(taken) != 1:
+            raise ServiceUnavailable(
+                f"another attempt of message {delivery.message_id} just started",
+                code="attempt_in_progress",
+                retry_after=5,
+            )
+    return (run_id, attempts) if holder is None else _Busy(run_id)
 
 
 def _execute(
     app: Flask,
-    engine: Engine,
+    conn: Connection,
     job: Job,
     delivery: Delivery,
     run_id: str,
@@ -334,26 +380,26 @@ def _execute(
         result = dict(job.handler(context))
         json.dumps(result)  # fail here, not at commit, if the handler returned non-JSON data
     except JobError as exc:
-        _finish(engine, job, run_id, attempts, status="failed", error=f"{exc.code}: {exc}",
+        _finish(conn, job, run_id, attempts, status="failed", error=f"{exc.code}: {exc}",
                 started=started)
         log.warning("run failed: %s", exc, extra={"event": {"retryable": exc.retryable}})
         if not exc.retryable:
             raise NonRetryable(str(exc), code=exc.code, extra={"run_id": run_id}) from exc
         raise AppError(str(exc), code=exc.code, status=500, extra={"run_id": run_id}) from exc
     except Exception as exc:
-        _finish(engine, job, run_id, attempts, status="failed",
+        _finish(conn, job, run_id, attempts, status="failed",
                 error=f"{type(exc).__name__}: {str(exc)[:500]}", started=started)
         log.exception("run crashed; QStash will retry")
         raise AppError(f"job {job.name} failed; see the logs for run {run_id}",
                        code="job_failed", status=500, extra={"run_id": run_id}) from exc
-    _finish(engine, job, run_id, attempts, status="succeeded", result=result, started=started)
+    _finish(conn, job, run_id, attempts, status="succeeded", result=result, started=started)
     log.info("run succeeded", extra={"event": {"result": result}})
     return RunOutcome(job=job.name, run_id=run_id, status="succeeded", duplicate=False,
                       result=result)
 
 
 def _finish(
-    engine: Engine,
+    conn: Connection,
     job: Job,
     run_id: str,
     attempts: int,
@@ -363,17 +409,21 @@ def _finish(
     result: Mapping[str, Any] | None = None,
     error: str | None = None,
 ) -> None:
-    """Record the run's outcome and release the job's lease, in one transaction."""
-    ledger = _Ledger.of(engine.dialect)
-    duration = int((time.monotonic() - started) * 1000)
-    with engine.begin() as conn:
-        written = conn.exec_driver_sql(ledger.finish_run, {
-            "run_id": run_id, "attempts": attempts, "status": status,
-            "result": ledger.json(result), "error": error, "now": ledger.instant(utcnow()),
-            "duration_ms": duration,
-        })
-        conn.exec_driver_sql(ledger.release_lease, {"job": job.name, "run_id": run_id})
-    if rowcount(written) != 1:
+    """Record the run's outcome, which also frees the job for its next run."""
+    ledger = _Ledger.of(conn.dialect)
+    params = {"run_id": run_id, "attempts": attempts, "status": status,
+              "result": ledger.json(result), "error": error, "now": ledger.instant(utcnow()),
+              "duration_ms": int((time.monotonic() - started) * 1000)}
+    try:
+        written = run_statement(conn, ledger.finish_run, params)[1]
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        # The connection died while the job ran (a database restart, a proxy's idle timeout).
+        log.warning("database connection lost during the run; recording its outcome anew")
+        with autocommit(conn.engine.connect()) as fresh:
+            written = run_statement(fresh, ledger.finish_run, params)[1]
+    if written != 1:
         # The run expired and another attempt took it over; its outcome stands.
         log.warning("run outcome not recorded: the run was taken over by a later attempt")
 

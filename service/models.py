@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .db import Base, utcnow
@@ -19,6 +19,11 @@ class JobRun(Base):
     __table_args__ = (
         UniqueConstraint("message_id", name="uq_job_runs_message_id"),
         Index("ix_job_runs_job_started", "job", "started_at"),
+        # The overlap guard: at most one running run per job, across processes and hosts. A run
+        # holds its job until it records an outcome or, if its worker dies, until expires_at.
+        Index("uq_job_runs_running_job", "job", unique=True,
+              sqlite_where=text("status = 'running'"),
+              postgresql_where=text("status = 'running'")),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -29,9 +34,9 @@ class JobRun(Base):
     retried: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     trigger: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
-    expires_at: Mapped[datetime]
+    expires_at: Mapped[datetime]  # while running: when the run's lease on its job ends
     finished_at: Mapped[datetime | None]
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -55,20 +60,10 @@ class JobRun(Base):
         }
 
 
-class JobLease(Base):
-    """The overlap guard: at most one unexpired holder per job, across processes and hosts."""
-
-    __tablename__ = "job_leases"
-
-    job: Mapped[str] = mapped_column(String(64), primary_key=True)
-    holder: Mapped[str | None] = mapped_column(String(32))
-    acquired_at: Mapped[datetime | None]
-    expires_at: Mapped[datetime | None]
-
 # The payouts tables live with their domain; importing them here registers them on Base.metadata
 # for Alembic and for anything that imports the models.
 from .payouts.models import Expert, Notification, PaymentTransfer  # noqa: E402
 
 __all__ = [
-    "RUN_STATUSES", "TRIGGERS", "Expert", "JobLease", "JobRun", "Notification", "PaymentTransfer",
+    "RUN_STATUSES", "TRIGGERS", "Expert", "JobRun", "Notification", "PaymentTransfer",
 ]

@@ -85,6 +85,33 @@ def test_database_vanishing_mid_run_is_retryable_and_the_retry_completes(
     assert len(marker.read_text().splitlines()) == 2
 
 
+def test_a_connection_lost_during_the_run_is_replaced_to_record_the_outcome(
+    proxy_app: tuple[Flask, TcpProxy], marker: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, proxy = proxy_app
+    body = job_body("probe-short", marker=str(marker), sleep=1.0)
+    headers = delivery_headers(body, target="/api/cron/probe-short", message_id="msg_blip")
+    answers = {}
+
+    def deliver() -> None:
+        answers["first"] = app.test_client().post("/api/qstash", data=body, headers=headers)
+
+    thread = threading.Thread(target=deliver)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proxy.down()  # every open connection is cut while the job runs...
+    proxy.up()  # ...and the database is back before it ends
+    thread.join()
+    assert answers["first"].status_code == 200, answers["first"].get_json()
+    with get_sessions(app)() as session:
+        [run] = session.scalars(select(JobRun)).all()
+    assert (run.status, run.attempts) == ("succeeded", 1)
+    assert len(marker.read_text().splitlines()) == 1
+    assert "database connection lost during the run" in caplog.text
+
+
 def test_a_slow_qstash_is_given_up_on_within_a_bound(
     local_qstash: tuple[LocalQStash, RunningServer]
 ) -> None:

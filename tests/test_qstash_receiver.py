@@ -14,8 +14,9 @@ from sqlalchemy import select
 from werkzeug.test import TestResponse
 
 from service.db import utcnow
-from service.extensions import get_sessions
-from service.models import JobLease, JobRun
+from service.extensions import get_engine, get_jobs, get_sessions
+from service.jobs import Delivery, run_job
+from service.models import JobRun
 from tests.conftest import AppFactory
 from tests.helpers import APP_URL, RECEIVER_URL, delivery_headers, job_body, mint
 
@@ -298,37 +299,46 @@ def test_unexpected_crash_is_logged_and_answered_without_details(
     assert runs(app)[0].error == "RuntimeError: unexpected probe crash"
 
 
-def hold_lease(app: Flask, job: str, *, expires_in: timedelta) -> None:
+def hold_job(app: Flask, job: str, *, expires_in: timedelta, run_id: str = "someone-else") -> None:
+    """Leave a running run of the job, as another worker running it would."""
+    now = utcnow()
     with get_sessions(app).begin() as session:
-        session.add(JobLease(job=job, holder="someone-else", acquired_at=utcnow(),
-                             expires_at=utcnow() + expires_in))
+        session.add(JobRun(id=run_id, message_id=f"msg_{run_id}", job=job, retried=0,
+                           attempts=1, trigger="qstash", status="running", started_at=now,
+                           expires_at=now + expires_in))
+
+
+def finish(app: Flask, run_id: str) -> None:
+    with get_sessions(app).begin() as session:
+        session.get_one(JobRun, run_id).status = "succeeded"
 
 
 def test_overlap_skip_policy_records_a_skipped_run(
     app: Flask, client: FlaskClient, marker: Path
 ) -> None:
-    hold_lease(app, "probe", expires_in=timedelta(minutes=5))
-    response = deliver(client, probe_body(marker))
+    hold_job(app, "probe", expires_in=timedelta(minutes=5))
+    response = deliver(client, probe_body(marker), message_id="msg_skip")
     assert response.status_code == 200
     data = response.get_json()
     assert data["status"] == "skipped"
-    assert "holds the job lease" in data["reason"]
-    assert [r.status for r in runs(app)] == ["skipped"]
+    assert data["reason"] == "another run of probe is still running"
+    skipped = next(r for r in runs(app) if r.id == data["run_id"])
+    assert (skipped.status, skipped.message_id, skipped.attempts) == ("skipped", "msg_skip", 1)
+    assert skipped.finished_at is not None
     assert executions(marker) == []
 
 
 def test_overlap_retry_policy_defers_and_the_retry_runs(
     app: Flask, client: FlaskClient, marker: Path
 ) -> None:
-    hold_lease(app, "probe-retry", expires_in=timedelta(minutes=5))
+    hold_job(app, "probe-retry", expires_in=timedelta(minutes=5))
     body = job_body("probe-retry", marker=str(marker))
     busy = deliver(client, body, target="/api/cron/probe-retry", message_id="msg_busy")
     assert busy.status_code == 503
     assert busy.get_json()["error"] == "job_busy"
     assert busy.headers["Retry-After"] == "60"
     assert executions(marker) == []
-    with get_sessions(app).begin() as session:
-        session.get_one(JobLease, "probe-retry").holder = None
+    finish(app, "someone-else")
     done = deliver(client, body, target="/api/cron/probe-retry", message_id="msg_busy",
                    retried=1)
     assert done.status_code == 200
@@ -344,39 +354,62 @@ def test_a_retry_that_finds_the_job_busy_keeps_its_run_and_frees_nothing(
     target = f"/api/cron/{job}"
     assert deliver(client, body, target=target, message_id="msg_busy_retry").status_code == 500
     [failed] = runs(app)
-    with get_sessions(app).begin() as session:
-        session.get_one(JobLease, job).holder = "someone-else"
-        session.get_one(JobLease, job).expires_at = utcnow() + timedelta(minutes=5)
+    hold_job(app, job, expires_in=timedelta(minutes=5))
 
     retried = deliver(client, body, target=target, message_id="msg_busy_retry", retried=1)
     assert retried.status_code == answer
-    [run] = runs(app)
-    assert (run.id, run.status, run.attempts, run.retried) == (failed.id, status, 2, 1)
-    assert "holds the job lease" in (run.error or "")
+    run = next(r for r in runs(app) if r.id == failed.id)
+    assert (run.status, run.attempts, run.retried) == (status, 2, 1)
+    assert run.error == f"another run of {job} is still running"
     assert run.finished_at is not None
     assert len(executions(marker)) == 1  # only the first, failed attempt ran
     with get_sessions(app)() as session:
-        assert session.get_one(JobLease, job).holder == "someone-else"
+        assert session.get_one(JobRun, "someone-else").status == "running"
 
 
 def test_a_crashed_runs_lease_and_attempt_expire(
     app: Flask, client: FlaskClient, marker: Path
 ) -> None:
-    # A worker died mid-run: its run row says running and its lease is held, both expired.
-    past = utcnow() - timedelta(minutes=1)
-    with get_sessions(app).begin() as session:
-        session.add(JobRun(id="deadrun", message_id="msg_dead", job="probe", retried=0,
-                           attempts=1, trigger="qstash", status="running",
-                           started_at=past - timedelta(minutes=5), expires_at=past))
-        session.add(JobLease(job="probe", holder="deadrun", acquired_at=past,
-                             expires_at=past))
-    response = deliver(client, probe_body(marker), message_id="msg_dead", retried=1)
+    # A worker died mid-run: its run still says running, and its lease on the job has expired.
+    hold_job(app, "probe", expires_in=timedelta(minutes=-1), run_id="deadrun")
+    response = deliver(client, probe_body(marker), message_id="msg_deadrun", retried=1)
     assert response.status_code == 200
     assert response.get_json()["run_id"] == "deadrun"
     [run] = runs(app)
-    assert (run.status, run.attempts) == ("succeeded", 2)
+    assert (run.status, run.attempts, run.error) == ("succeeded", 2, None)
+    assert len(executions(marker)) == 1
+
+
+def test_a_crashed_run_of_another_message_frees_the_job_once_expired(
+    app: Flask, client: FlaskClient, marker: Path
+) -> None:
+    hold_job(app, "probe", expires_in=timedelta(minutes=-1), run_id="deadrun")
+    response = deliver(client, probe_body(marker), message_id="msg_next")
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "succeeded"
     with get_sessions(app)() as session:
-        assert session.get_one(JobLease, "probe").holder is None
+        dead = session.get_one(JobRun, "deadrun")
+    assert dead.status == "failed"
+    assert dead.error is not None and dead.error.startswith("expired: ")
+    assert dead.finished_at is not None
+    assert len(executions(marker)) == 1
+
+
+def test_a_run_without_a_message_id_is_guarded_too(
+    app: Flask, client: FlaskClient, marker: Path
+) -> None:
+    # Admin and command-line runs carry no message id; the job's running run still blocks them.
+    hold_job(app, "probe", expires_in=timedelta(minutes=5))
+    blocked = run_job(app, get_engine(app), get_jobs(app)["probe"],
+                      Delivery(trigger="admin", payload={"marker": str(marker)}))
+    assert (blocked.status, blocked.reason) == ("skipped", "another run of probe is still running")
+    finish(app, "someone-else")
+    ran = run_job(app, get_engine(app), get_jobs(app)["probe"],
+                  Delivery(trigger="admin", payload={"marker": str(marker)}))
+    assert ran.status == "succeeded"
+    assert len(executions(marker)) == 1
+    assert sorted((r.status, str(r.message_id)) for r in runs(app)) == [
+        ("skipped", "None"), ("succeeded", "None"), ("succeeded", "msg_someone-else")]
 
 
 def test_routing_errors_are_json(client: FlaskClient) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 from bench.databases import SetupError
 from bench.load.run_load import DEFAULT_POSTGRES_URL, prepare_database, service_environment
 from service import create_app, extensions, jobs
+from service.db import autocommit
 from service.extensions import get_engine, get_jobs
 from service.qstash_local import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY
 from service.signature import qstash_claims, sign_claims, verify_signature
@@ -117,10 +118,11 @@ def measure(database_url: str, count: int, rounds: int,
 
         def transactions(i: int) -> None:
             delivery = jobs.Delivery(trigger="qstash", message_id=f"t-{tag}-{i}")
-            claim = jobs._start(engine, job, delivery)
-            assert not isinstance(claim, jobs.RunOutcome), claim
-            jobs._finish(engine, job, *claim, status="succeeded", started=time.monotonic(),
-                         result={})
+            with autocommit(engine.connect()) as conn:
+                claim = jobs._start(conn, job, delivery)
+                assert not isinstance(claim, jobs.RunOutcome), claim
+                jobs._finish(conn, job, *claim, status="succeeded", started=time.monotonic(),
+                             result={})
 
         figures = {
             "bare": per_call_ms(lambda i: wsgi("GET", "/healthz", {}), count, rounds),

@@ -162,7 +162,9 @@ def test_pruning_follows_the_retention_settings(make_app: AppFactory, env: dict[
         for run_id, age, status in (("r_old", 8, "succeeded"), ("r_new", 6, "failed"),
                                     ("r_running", 9, "running")):
             started = now - timedelta(days=age)
-            session.add(JobRun(id=run_id, job="process-tasks", trigger="cli", status=status,
+            # The running run is another job's, so that this run does not end it as expired.
+            job = "check-upcoming-payouts" if status == "running" else "process-tasks"
+            session.add(JobRun(id=run_id, job=job, trigger="cli", status=status,
                                retried=0, attempts=1, started_at=started, expires_at=started))
         for key, age, status in (("sent_old", 15, "SENT"), ("sent_new", 13, "SENT"),
                                  ("failed_old", 30, "FAILED")):

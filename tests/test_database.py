@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine, TextClause, bindparam, text
+from sqlalchemy.exc import IntegrityError
+
+from service import db
+from service.db import utcnow
+
+RUN = ("INSERT INTO job_runs (id, message_id, job, retried, attempts, trigger, status,"
+       " started_at, expires_at) VALUES (:id, :id, :job, 0, 1, 'qstash', :status, :now, :until)")
+LEASE = ("INSERT INTO job_leases (job, holder, acquired_at, expires_at)"
+         " VALUES (:job, :id, :now, :until)")
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = db.make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def instants(statement: str) -> TextClause:
+    return text(statement).bindparams(
+        *(bindparam(name, type_=db.UTCDateTime()) for name in ("now", "until")))
+
+
+def test_0003_ends_runs_that_lost_their_lease_and_makes_the_running_run_the_lease(
+    engine: Engine,
+) -> None:
+    db.upgrade(engine, "0002")
+    now = utcnow()
+    live, past = now + timedelta(minutes=5), now - timedelta(minutes=1)
+    with engine.begin() as conn:
+        for run_id, job, status, until in (
+            ("holder", "a", "running", live),   # running, holds its lease
+            ("dead", "a", "running", past),     # its worker died; "holder" took the job over
+            ("expired", "b", "running", past),  # holds a lease that has expired
+            ("done", "b", "succeeded", past),
+        ):
+            conn.execute(instants(RUN), {"id": run_id, "job": job, "status": status,
+                                         "now": now, "until": until})
+        conn.execute(instants(LEASE), {"job": "a", "id": "holder", "now": now, "until": live})
+        conn.execute(instants(LEASE), {"job": "b", "id": "expired", "now": now, "until": past})
+
+    db.upgrade(engine)
+
+    with engine.connect() as conn:
+        rows = {r.id: (r.status, r.error) for r in conn.execute(
+            text("SELECT id, status, error FROM job_runs"))}
+    assert rows["holder"] == ("running", None)
+    assert rows["done"] == ("succeeded", None)
+    for ended in ("dead", "expired"):
+        status, error = rows[ended]
+        assert status == "failed"
+        assert error is not None and error.startswith("expired: ")
+    # The index now guards the job: a second running run of job a is refused.
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(instants(RUN), {"id": "second", "job": "a", "status": "running",
+                                     "now": now, "until": live})
+
+    db.downgrade(engine, "0002")
+    with engine.connect() as conn:
+        leases = conn.execute(text("SELECT job, holder FROM job_leases")).all()
+    assert [tuple(lease) for lease in leases] == [("a", "holder")]
+
+
+def test_run_statement_raises_driver_errors_as_sqlalchemy_does(engine: Engine) -> None:
+    db.upgrade(engine)
+    now = utcnow()
+    insert = ("INSERT INTO job_runs (id, job, retried, attempts, trigger, status, started_at,"
+              " expires_at) VALUES (:id, 'a', 0, 1, 'cli', 'running', :now, :now)")
+    with db.autocommit(engine.connect()) as conn:
+        if conn.dialect.paramstyle == "pyformat":
+            insert = insert.replace(":id", "%(id)s").replace(":now", "%(now)s")
+        value = db.UTCDateTime().process_bind_param(now, conn.dialect)
+        rows, count = db.run_statement(conn, insert, {"id": "r1", "now": value})
+        assert (list(rows), count) == ([], 1)
+        with pytest.raises(IntegrityError) as caught:
+            db.run_statement(conn, insert, {"id": "r2", "now": value})  # job a already runs
+        assert not caught.value.connection_invalidated
+        # Each statement committed on its own: the first run stands, the connection still works.
+        assert db.run_statement(conn, "SELECT id FROM job_runs", {})[0] == [("r1",)]
