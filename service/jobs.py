@@ -12,7 +12,17 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 from flask import Blueprint, Flask, Response, jsonify
-from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    Engine,
+    Row,
+    Table,
+    bindparam,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeEngine
@@ -329,35 +339,48 @@ def _settle(
     holder = conn.execute(
         select(_runs.c.id).where(_runs.c.job == job.name, _runs.c.status == "running")
     ).first()
-    if holder is None:
-        values: dict[str, Any] = {"status": "running", "expires_at": now + job.lease_duration,
-                                  "finished_at": None, "duration_ms": None, "error": None}
-    else:
-        values = {"status": _blocked_status(job), "expires_at": now, "finished_at": now,
-                  "duration_ms": 0, "error": _busy(job)}
-    values.update(retried=delivery.retried, trigger=delivery.trigger, started_at=now,
-                  result=None)
-    if existing is None:
-        # A message's first delivery, or a run without a message (admin or command line).
-        attempts = 1
-        conn.execute(insert(_runs).values(id=run_id, message_id=delivery.message_id,
-                                          job=job.name, schedule_id=delivery.schedule_id,
-                                          attempts=attempts, **values))
-    else:
+    if existing is not None:
         # A failed attempt, or a running one whose worker died: this delivery takes it over.
         run_id, attempts = existing.id, existing.attempts + 1
-        taken = conn.execute(
-            update(_runs)
-            .where(_runs.c.id == run_id, _runs.c.attempts == existing.attempts)
-            .values(attempts=attempts, **values)
+    else:
+        # A message's first delivery, or a run without a message (admin or command line).
+        attempts = 1
+    common = {"attempts": attempts, "retried": delivery.retried, "trigger": delivery.trigger,
+              "started_at": now, "result": None}
+    if holder is None:
+        try:
+            with conn.begin_nested():
+                _write_run(conn, job, delivery, existing, run_id, {
+                    **common, "status": "running", "expires_at": now + job.lease_duration,
+                    "finished_at": None, "duration_ms": None, "error": None})
+            return run_id, attempts
+        except IntegrityError:
+            # PostgreSQL: a concurrent delivery's run took the job meanwhile, so it is busy.
+            # (A concurrent delivery of this same message fails the write below too.)
+            pass
+    _write_run(conn, job, delivery, existing, run_id, {
+        **common, "status": _blocked_status(job), "expires_at": now, "finished_at": now,
+        "duration_ms": 0, "error": _busy(job)})
+    return _Busy(run_id)
+
+
+def _write_run(conn: Connection, job: Job, delivery: Delivery, existing: Row[Any] | None,
+               run_id: str, values: dict[str, Any]) -> None:
+    """Insert the delivery's run, or update the attempt it takes over."""
+    if existing is None:
+        conn.execute(insert(_runs).values(id=run_id, message_id=delivery.message_id,
+                                          job=job.name, schedule_id=delivery.schedule_id,
+                                          **values))
+        return
+    taken = conn.execute(update(_runs)
+                         .where(_runs.c.id == run_id, _runs.c.attempts == existing.attempts)
+                         .values(**values))
+    if rowcount(taken) != 1:
+        raise ServiceUnavailable(
+            f"another attempt of message {delivery.message_id} just started",
+            code="attempt_in_progress",
+            retry_after=5,
         )
-        if rowcount(taken) != 1:
-            raise ServiceUnavailable(
-                f"another attempt of message {delivery.message_id} just started",
-                code="attempt_in_progress",
-                retry_after=5,
-            )
-    return (run_id, attempts) if holder is None else _Busy(run_id)
 
 
 def _execute(

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, select, text
 
-from service.db import utcnow
+from service.db import UTCDateTime, utcnow
 from service.extensions import get_engine, get_sessions
 from service.models import JobRun
 from tests.helpers import delivery_headers, job_body
@@ -128,3 +128,45 @@ def test_a_duplicate_arriving_while_its_run_finishes_waits_for_the_outcome(
     assert executions(marker) == []
     [run] = all_runs(app)
     assert run.status == "succeeded"
+
+
+def test_a_retry_racing_a_new_run_for_the_job_is_recorded_as_skipped(
+    app: Flask, marker: Path
+) -> None:
+    """A retry finds the job free, but another delivery's run takes it before the retry's does.
+
+    The other run is written in a transaction still open while the retry takes over its failed
+    attempt: PostgreSQL shows it to the retry only when the takeover's write collides with it,
+    SQLite makes the retry wait for it. Either way the retry is recorded as skipped, not failed.
+    """
+    now = utcnow()
+    with get_sessions(app).begin() as session:
+        session.add(JobRun(id="failed", message_id="msg_retry", job="probe", retried=0,
+                           attempts=1, trigger="qstash", status="failed", started_at=now,
+                           expires_at=now, finished_at=now, error="job_failed: first try"))
+    body = job_body("probe", marker=str(marker))
+    headers = delivery_headers(body, target="/api/cron/probe", message_id="msg_retry",
+                               retried=1)
+    answers = {}
+
+    def deliver() -> None:
+        answers["retry"] = app.test_client().post("/api/qstash", data=body, headers=headers)
+
+    with get_engine(app).connect() as conn, conn.begin():
+        conn.execute(text("INSERT INTO job_runs (id, message_id, job, retried, attempts, trigger,"
+                          " status, started_at, expires_at) VALUES ('other', 'msg_other',"
+                          " 'probe', 0, 1, 'qstash', 'running', :now, :until)")
+                     .bindparams(bindparam("now", type_=UTCDateTime()),
+                                 bindparam("until", type_=UTCDateTime())),
+                     {"now": now, "until": now + timedelta(minutes=5)})
+        thread = threading.Thread(target=deliver)
+        thread.start()
+        time.sleep(0.5)  # the retry is now waiting on this transaction
+    thread.join(timeout=30)
+    retry = answers["retry"]
+    assert retry.status_code == 200, retry.get_json()
+    assert (retry.get_json()["status"], retry.get_json()["run_id"]) == ("skipped", "failed")
+    runs = {run.id: run for run in all_runs(app)}
+    assert (runs["failed"].status, runs["failed"].attempts) == ("skipped", 2)
+    assert runs["other"].status == "running"
+    assert executions(marker) == []
