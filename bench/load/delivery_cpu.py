@@ -12,7 +12,8 @@ warm-up:
 - delivery: a verified delivery of the no-op job through POST /api/qstash, unique message ids;
 - signature: service.signature.verify_signature on the same token and body;
 - run: service.jobs.run_job for the no-op job (ledger, run context, log lines), unique ids;
-- transactions: the ledger's two transactions alone (jobs._start and jobs._finish).
+- ledger: the ledger alone: a connection from the pool, then the statements that claim the run
+  and record its outcome (jobs._start and jobs._finish).
 
 PostgreSQL's own CPU is not included: it runs in other processes. Prints a table; exit 2 when the
 database cannot be set up.
@@ -43,7 +44,7 @@ from service.signature import qstash_claims, sign_claims, verify_signature
 
 APP_URL = "http://bench.local"
 BODY = b'{"job":"noop"}'
-PARTS = ("bare", "delivery", "signature", "run", "transactions")
+PARTS = ("bare", "delivery", "signature", "run", "ledger")
 
 
 def per_call_ms(call: Callable[[int], object], count: int, rounds: int) -> float:
@@ -116,7 +117,7 @@ def measure(database_url: str, count: int, rounds: int,
             jobs.run_job(app, engine, job,
                          jobs.Delivery(trigger="qstash", message_id=f"r-{tag}-{i}"))
 
-        def transactions(i: int) -> None:
+        def ledger(i: int) -> None:
             delivery = jobs.Delivery(trigger="qstash", message_id=f"t-{tag}-{i}")
             with autocommit(engine.connect()) as conn:
                 claim = jobs._start(conn, job, delivery)
@@ -130,7 +131,7 @@ def measure(database_url: str, count: int, rounds: int,
             "signature": per_call_ms(lambda i: verify_signature(
                 BODY, token, keys=keys, url=APP_URL + "/api/qstash", leeway=5), count, rounds),
             "run": per_call_ms(run, count, rounds),
-            "transactions": per_call_ms(transactions, count, rounds),
+            "ledger": per_call_ms(ledger, count, rounds),
         }
     if set(statuses) != {"200 OK"}:
         raise SystemExit(f"unexpected answers: {sorted(set(statuses))}; see {workdir}")
