@@ -10,6 +10,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from werkzeug.test import TestResponse
 
 from service import db
 from service.extensions import get_sessions
@@ -40,12 +41,11 @@ def proxy_app(make_app: AppFactory, env: dict[str, str]) -> Iterator[tuple[Flask
         proxy.down()
 
 
-def test_database_vanishing_mid_run_is_retryable_and_the_retry_completes(
-    proxy_app: tuple[Flask, TcpProxy], marker: Path
-) -> None:
-    app, proxy = proxy_app
+def deliver_and_cut_mid_run(app: Flask, proxy: TcpProxy, marker: Path, message_id: str, *,
+                            back_at_once: bool) -> TestResponse:
+    """Deliver a one-second probe run and cut every database connection while it runs."""
     body = job_body("probe-short", marker=str(marker), sleep=1.0)
-    headers = delivery_headers(body, target="/api/cron/probe-short", message_id="msg_fault")
+    headers = delivery_headers(body, target="/api/cron/probe-short", message_id=message_id)
     answers = {}
 
     def deliver() -> None:
@@ -56,9 +56,19 @@ def test_database_vanishing_mid_run_is_retryable_and_the_retry_completes(
     deadline = time.monotonic() + 10
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
-    proxy.down()  # the database disappears while the job runs
+    proxy.down()
+    if back_at_once:
+        proxy.up()
     thread.join()
-    first = answers["first"]
+    return answers["first"]
+
+
+def test_database_vanishing_mid_run_is_retryable_and_the_retry_completes(
+    proxy_app: tuple[Flask, TcpProxy], marker: Path
+) -> None:
+    app, proxy = proxy_app
+    # The database disappears while the job runs.
+    first = deliver_and_cut_mid_run(app, proxy, marker, "msg_fault", back_at_once=False)
     assert first.status_code == 503
     assert first.get_json()["error"] == "database_unavailable"
     assert first.headers["Retry-After"] == "30"
@@ -70,6 +80,8 @@ def test_database_vanishing_mid_run_is_retryable_and_the_retry_completes(
     # Nothing half-written: the claim stands as it was, to be taken over once it expires.
     assert (run.status, run.attempts, run.finished_at, run.result) == ("running", 1, None, None)
 
+    body = job_body("probe-short", marker=str(marker), sleep=1.0)
+    headers = delivery_headers(body, target="/api/cron/probe-short", message_id="msg_fault")
     early = app.test_client().post("/api/qstash", data=body, headers=headers)
     assert early.status_code == 503
     assert early.get_json()["error"] == "attempt_in_progress"
@@ -89,22 +101,9 @@ def test_a_connection_lost_during_the_run_is_replaced_to_record_the_outcome(
     proxy_app: tuple[Flask, TcpProxy], marker: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     app, proxy = proxy_app
-    body = job_body("probe-short", marker=str(marker), sleep=1.0)
-    headers = delivery_headers(body, target="/api/cron/probe-short", message_id="msg_blip")
-    answers = {}
-
-    def deliver() -> None:
-        answers["first"] = app.test_client().post("/api/qstash", data=body, headers=headers)
-
-    thread = threading.Thread(target=deliver)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proxy.down()  # every open connection is cut while the job runs...
-    proxy.up()  # ...and the database is back before it ends
-    thread.join()
-    assert answers["first"].status_code == 200, answers["first"].get_json()
+    # Every open connection is cut while the job runs, and the database is back before it ends.
+    first = deliver_and_cut_mid_run(app, proxy, marker, "msg_blip", back_at_once=True)
+    assert first.status_code == 200, first.get_json()
     with get_sessions(app)() as session:
         [run] = session.scalars(select(JobRun)).all()
     assert (run.status, run.attempts) == ("succeeded", 1)
