@@ -174,9 +174,10 @@ def run_job(app: Flask, engine: Engine, job: Job, delivery: Delivery) -> RunOutc
             return _execute(app, conn, job, delivery, run_id, attempts)
 
 
-# The statements every delivery runs, in SQL that SQLite and PostgreSQL share, run with
-# exec_driver_sql: compiling them through SQLAlchemy on each delivery took longer than running
-# them. Values are converted by the column types' own processors, as SQLAlchemy would.
+# The statements every delivery runs, in SQL that SQLite and PostgreSQL share, run on the
+# driver's cursor (db.run_statement): compiling them through SQLAlchemy on each delivery took
+# longer than running them. Values are converted by the column types' processors, as SQLAlchemy
+# would.
 # A running run is the job's lease: the unique index uq_job_runs_running_job admits one running
 # run per job, so claiming the message and the job is one INSERT, and recording the outcome
 # releases the job. Each hot-path statement is its own transaction (autocommit): one round trip
@@ -278,6 +279,8 @@ def _start(conn: Connection, job: Job, delivery: Delivery) -> tuple[str, int] | 
             # PostgreSQL: a concurrent delivery claimed the message or the job meanwhile.
             continue
         return _blocked(job, claim.run_id) if isinstance(claim, _Busy) else claim
+    log.warning("could not claim the run: concurrent deliveries kept changing the job's state;"
+                " answering 503 so that QStash retries")
     raise ServiceUnavailable(
         f"concurrent deliveries kept claiming message {delivery.message_id} or job {job.name}",
         code="attempt_in_progress", retry_after=5,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from sqlalchemy import bindparam, select, text
+from sqlalchemy.exc import IntegrityError
 
 from service.db import UTCDateTime, utcnow
 from service.extensions import get_engine, get_sessions
@@ -169,4 +170,35 @@ def test_a_retry_racing_a_new_run_for_the_job_is_recorded_as_skipped(
     runs = {run.id: run for run in all_runs(app)}
     assert (runs["failed"].status, runs["failed"].attempts) == ("skipped", 2)
     assert runs["other"].status == "running"
+    assert executions(marker) == []
+
+
+def test_claims_that_keep_colliding_answer_a_retryable_503_and_change_nothing(
+    app: Flask, marker: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The PostgreSQL race that makes the slow path collide cannot be timed from a test; it is
+    # injected here, every time, to see what the claim loop does once its attempts run out.
+    now = utcnow()
+    with get_sessions(app).begin() as session:
+        session.add(JobRun(id="failed", message_id="msg_collide", job="probe", retried=0,
+                           attempts=1, trigger="qstash", status="failed", started_at=now,
+                           expires_at=now, finished_at=now, error="job_failed: first try"))
+    settles = []
+
+    def colliding(*args: object) -> None:
+        settles.append(args)
+        raise IntegrityError("INSERT INTO job_runs ...", {}, Exception("unique violation"))
+
+    monkeypatch.setattr("service.jobs._settle", colliding)
+    body = job_body("probe", marker=str(marker))
+    headers = delivery_headers(body, target="/api/cron/probe", message_id="msg_collide",
+                               retried=1)
+    answer = app.test_client().post("/api/qstash", data=body, headers=headers)
+    assert answer.status_code == 503
+    assert answer.get_json()["error"] == "attempt_in_progress"
+    assert answer.headers["Retry-After"] == "5"
+    assert len(settles) == 3
+    assert "could not claim the run" in caplog.text
+    [run] = all_runs(app)
+    assert (run.status, run.attempts) == ("failed", 1)
     assert executions(marker) == []
