@@ -16,7 +16,7 @@ from service.extensions import (
     get_settings,
 )
 from service.jobs import Job, JobBlueprint, JobContext
-from service.models import JobRun
+from service.models import DeliveryToken, JobRun
 from service.payouts import outbox
 from service.payouts.transfers import PayoutPolicy, cancel_reversed_payments, recover_stale
 
@@ -45,6 +45,8 @@ def process_tasks(ctx: JobContext) -> Mapping[str, Any]:
         pruned_runs = rowcount(session.execute(
             delete(JobRun).where(JobRun.status != "running", JobRun.started_at < run_cutoff)
         ))
+        # Tokens of retried attempts: long expired, they can no longer be replayed anyway.
+        session.execute(delete(DeliveryToken).where(DeliveryToken.used_at < run_cutoff))
     pruned_notices = outbox.prune_sent(
         engine, sent_before=utcnow() - timedelta(days=settings.retention_notifications_days))
     return {

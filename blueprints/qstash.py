@@ -11,6 +11,6 @@ bp = Blueprint("qstash", __name__)
 @bp.post(RECEIVER_PATH)
 def receive() -> Response:
     """Verify a QStash delivery, then run the job its target header names."""
-    verify_qstash_request(RECEIVER_PATH)
+    claims = verify_qstash_request(RECEIVER_PATH)
     job = resolve_target(request.headers.get(TARGET_HEADER))
-    return dispatch(job, "qstash")
+    return dispatch(job, "qstash", claims.get("jti"))

@@ -18,7 +18,8 @@ from .signature import SignatureRejected, verify_signature
 
 log = logging.getLogger("eleva.delivery")
 
-MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+RETRIED_RE = re.compile(r"[0-9]{1,6}")
 
 
 def public_url(path: str) -> str:
@@ -102,17 +103,19 @@ def _host_port(parts: Any) -> tuple[str, int | None]:
     return (parts.hostname or "").lower(), port
 
 
-def delivery_from_request(job: Job, trigger: Trigger) -> Delivery:
-    """Read the delivery headers and the JSON body of the current request."""
+def delivery_from_request(job: Job, trigger: Trigger, token_id: str | None = None) -> Delivery:
+    """Read the delivery headers and the JSON body of the current request.
+
+    `token_id` is the `jti` of the request's verified signature, if it has one.
+    """
     message_id = request.headers.get("Upstash-Message-Id")
     if trigger == "qstash" and message_id is None:
         raise NonRetryable("Upstash-Message-Id is missing", code="missing_message_id")
-    if message_id is not None and not MESSAGE_ID_RE.match(message_id):
+    if message_id is not None and not MESSAGE_ID_RE.fullmatch(message_id):
         raise NonRetryable("Upstash-Message-Id is not a valid id", code="invalid_message_id")
-    try:
-        retried = max(0, int(request.headers.get("Upstash-Retried", "0")))
-    except ValueError:
-        retried = 0
+    # Informational only, and not signed: a value that is not a plausible count is ignored.
+    retried_header = request.headers.get("Upstash-Retried", "0")
+    retried = int(retried_header) if RETRIED_RE.fullmatch(retried_header) else 0
     payload = parse_payload(request.get_data(cache=True))
     named = payload.get("job")
     if named is not None and named != job.name:
@@ -126,6 +129,7 @@ def delivery_from_request(job: Job, trigger: Trigger) -> Delivery:
         schedule_id=schedule_id[:128] if schedule_id else None,
         retried=retried,
         payload=payload,
+        token_id=token_id,
     )
 
 
@@ -135,16 +139,16 @@ def parse_payload(raw: bytes) -> Mapping[str, Any]:
         return {}
     try:
         payload = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # also too deeply nested, or a number too long
         payload = None
     if not isinstance(payload, dict):
         raise NonRetryable("the body must be empty or a JSON object", code="invalid_body")
     return payload
 
 
-def dispatch(job: Job, trigger: Trigger) -> Response:
+def dispatch(job: Job, trigger: Trigger, token_id: str | None = None) -> Response:
     """Run the job for the current request and answer with its outcome."""
-    delivery = delivery_from_request(job, trigger)
+    delivery = delivery_from_request(job, trigger, token_id)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     return run_job(app, get_engine(), job, delivery).response()
 
@@ -157,8 +161,8 @@ def handle_direct(job: Job) -> Response:
             raise Unauthorized("the bearer token is not ADMIN_API_TOKEN", code="invalid_token")
         return dispatch(job, "admin")
     if "Upstash-Signature" in request.headers:
-        verify_qstash_request(job.path)
-        return dispatch(job, "qstash")
+        claims = verify_qstash_request(job.path)
+        return dispatch(job, "qstash", claims.get("jti"))
     raise Unauthorized(
         "send a QStash signature for this URL or Authorization: Bearer <ADMIN_API_TOKEN>"
     )

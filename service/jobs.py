@@ -19,6 +19,7 @@ from sqlalchemy import (
     Row,
     Table,
     bindparam,
+    exists,
     insert,
     select,
     update,
@@ -28,9 +29,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeEngine
 
 from .db import autocommit, rowcount, run_statement, utcnow
-from .errors import AppError, NonRetryable, ServiceUnavailable
+from .errors import AppError, NonRetryable, ServiceUnavailable, Unauthorized
 from .logs import log_context
-from .models import JobRun
+from .models import DeliveryToken, JobRun
 
 log = logging.getLogger("eleva.jobs")
 
@@ -124,6 +125,7 @@ class Delivery:
     schedule_id: str | None = None
     retried: int = 0
     payload: Mapping[str, Any] = field(default_factory=dict)
+    token_id: str | None = None  # the `jti` of the request's verified QStash signature
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,20 +184,23 @@ def run_job(app: Flask, engine: Engine, job: Job, delivery: Delivery) -> RunOutc
 # run per job, so claiming the message and the job is one INSERT, and recording the outcome
 # releases the job. Each hot-path statement is its own transaction (autocommit): one round trip
 # on PostgreSQL, and SQLite's writer lock is held only while the statement runs.
+# Both also do nothing when the request's signature already started an attempt (a replay):
+# its token id is then in job_runs (uq_job_runs_token_id) or in delivery_tokens.
+_UNSPENT = " NOT EXISTS (SELECT 1 FROM delivery_tokens WHERE token_id = :token_id)"
 _CLAIM_RUN = (  # nothing when the message already has a run or the job has a running run
     "INSERT INTO job_runs (id, message_id, job, schedule_id, retried, attempts, trigger,"
-    " status, started_at, expires_at)"
-    " VALUES (:run_id, :message_id, :job, :schedule_id, :retried, 1, :trigger,"
-    " 'running', :now, :expires)"
-    " ON CONFLICT DO NOTHING RETURNING id"
+    " status, started_at, expires_at, token_id)"
+    " SELECT :run_id, :message_id, :job, :schedule_id, :retried, 1, :trigger,"
+    " 'running', :now, :expires, CAST(:token_id AS VARCHAR(128))"
+    " WHERE" + _UNSPENT + " ON CONFLICT DO NOTHING RETURNING id"
 )
 _BLOCK_RUN = (  # a new message for a job whose running run has not expired: ends unrun
     "INSERT INTO job_runs (id, message_id, job, schedule_id, retried, attempts, trigger,"
-    " status, started_at, expires_at, finished_at, duration_ms, error)"
+    " status, started_at, expires_at, finished_at, duration_ms, error, token_id)"
     " SELECT :run_id, :message_id, job, :schedule_id, :retried, 1, :trigger,"
-    " :status, :now, :now, :now, 0, :error"
+    " :status, :now, :now, :now, 0, :error, CAST(:token_id AS VARCHAR(128))"
     " FROM job_runs WHERE job = :job AND status = 'running' AND expires_at > :now"
-    " ON CONFLICT DO NOTHING RETURNING id"
+    " AND" + _UNSPENT + " ON CONFLICT DO NOTHING RETURNING id"
 )
 _FINISH_RUN = (
     "UPDATE job_runs SET status = :status, result = :result, error = :error,"
@@ -203,7 +208,12 @@ _FINISH_RUN = (
     " WHERE id = :run_id AND status = 'running' AND attempts = :attempts"
 )
 _runs = cast(Table, JobRun.__table__)
+_tokens = cast(Table, DeliveryToken.__table__)
 _FIND_RUN = select(_runs).where(_runs.c.message_id == bindparam("message_id"))
+_TOKEN_SPENT = select(
+    exists().where(_runs.c.token_id == bindparam("token_id"))
+    | exists().where(_tokens.c.token_id == bindparam("token_id"))
+)
 # Claims of a delivery whose message or job changes state under it between its statements.
 _CLAIM_ATTEMPTS = 3
 _EXPIRED = "expired: no outcome was recorded before the run's lease ended; a later run took over"
@@ -264,14 +274,15 @@ def _start(conn: Connection, job: Job, delivery: Delivery) -> tuple[str, int] | 
         params = {"job": job.name, "run_id": run_id, "message_id": delivery.message_id,
                   "schedule_id": delivery.schedule_id, "retried": delivery.retried,
                   "trigger": delivery.trigger, "now": ledger.instant(now),
-                  "expires": ledger.instant(now + job.lease_duration)}
+                  "expires": ledger.instant(now + job.lease_duration),
+                  "token_id": delivery.token_id}
         if run_statement(conn, ledger.claim_run, params)[0]:
             return run_id, 1
         if run_statement(conn, ledger.block_run, {
                 **params, "status": _blocked_status(job), "error": _busy(job)})[0]:
             return _blocked(job, run_id)
-        # The message already has a run, the job's running run has expired, or the job was
-        # freed between the two statements: settle it in one transaction.
+        # The message already has a run, the job's running run has expired, the job was freed
+        # between the two statements, or the request is a replay: settle it in one transaction.
         try:
             with conn.engine.begin() as transaction:
                 claim = _settle(transaction, job, delivery, run_id, now)
@@ -333,6 +344,14 @@ def _settle(
                 retry_after=max(1, min(wait, 300)),
                 extra={"run_id": existing.id},
             )
+    if delivery.token_id is not None and conn.execute(
+            _TOKEN_SPENT, {"token_id": delivery.token_id}).scalar():
+        log.warning("rejected request: its signature already started a run",
+                    extra={"event": {"check": "replayed_signature"}})
+        raise Unauthorized(
+            "this signed request was already delivered; a QStash signature starts one run only",
+            code="replayed_signature",
+        )
     # A running run past its lease has lost its worker: it ends as failed and frees the job.
     conn.execute(
         update(_runs)
@@ -373,8 +392,11 @@ def _write_run(conn: Connection, job: Job, delivery: Delivery, existing: Row[Any
     if existing is None:
         conn.execute(insert(_runs).values(id=run_id, message_id=delivery.message_id,
                                           job=job.name, schedule_id=delivery.schedule_id,
-                                          **values))
+                                          token_id=delivery.token_id, **values))
         return
+    if delivery.token_id is not None:
+        conn.execute(insert(_tokens).values(token_id=delivery.token_id, run_id=run_id,
+                                            used_at=values["started_at"]))
     taken = conn.execute(update(_runs)
                          .where(_runs.c.id == run_id, _runs.c.attempts == existing.attempts)
                          .values(**values))

@@ -24,6 +24,9 @@ class JobRun(Base):
         Index("uq_job_runs_running_job", "job", unique=True,
               sqlite_where=text("status = 'running'"),
               postgresql_where=text("status = 'running'")),
+        # A signed request starts at most one attempt: replaying it under another message id
+        # (the message id header is not signed) is refused. Later attempts: DeliveryToken.
+        Index("uq_job_runs_token_id", "token_id", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -41,6 +44,8 @@ class JobRun(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    # The `jti` of the signed request that started the run's first attempt.
+    token_id: Mapped[str | None] = mapped_column(String(128))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,10 +65,21 @@ class JobRun(Base):
         }
 
 
+class DeliveryToken(Base):
+    """The `jti` of a signed request that started a later attempt of a run (a QStash retry)."""
+
+    __tablename__ = "delivery_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(32))
+    used_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 # The payouts tables live with their domain; importing them here registers them on Base.metadata
 # for Alembic and for anything that imports the models.
 from .payouts.models import Expert, Notification, PaymentTransfer  # noqa: E402
 
 __all__ = [
-    "RUN_STATUSES", "TRIGGERS", "Expert", "JobRun", "Notification", "PaymentTransfer",
+    "RUN_STATUSES", "TRIGGERS", "DeliveryToken", "Expert", "JobRun", "Notification",
+    "PaymentTransfer",
 ]

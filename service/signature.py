@@ -15,6 +15,7 @@ from .errors import Unauthorized
 
 ISSUER = "Upstash"
 NUMBER = (int, float)
+MAX_TOKEN_ID = 128  # the ledger records each delivery's `jti` (job_runs.token_id)
 _JWS = jwt.PyJWS()  # stateless: verifies the MAC and parses, nothing else
 
 
@@ -82,6 +83,9 @@ def verify_signature(
             raise SignatureRejected(
                 f"the token's {name!r} claim has the wrong type", code="malformed"
             )
+    if len(claims.get("jti", "")) > MAX_TOKEN_ID:
+        raise SignatureRejected(f"the token's 'jti' claim is longer than {MAX_TOKEN_ID} characters",
+                                code="malformed")
     if claims.get("aud"):
         raise SignatureRejected("the token is addressed to another audience", code="malformed")
 

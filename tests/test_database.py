@@ -4,7 +4,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Engine, TextClause, bindparam, text
+from sqlalchemy import Engine, TextClause, bindparam, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from service import db
@@ -66,6 +66,32 @@ def test_0003_ends_runs_that_lost_their_lease_and_makes_the_running_run_the_leas
     with engine.connect() as conn:
         leases = conn.execute(text("SELECT job, holder FROM job_leases")).all()
     assert [tuple(lease) for lease in leases] == [("a", "holder")]
+
+
+def test_0004_records_token_ids_and_downgrades_without_them(engine: Engine) -> None:
+    db.upgrade(engine, "0003")
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(instants(RUN), {"id": "before", "job": "a", "status": "succeeded",
+                                     "now": now, "until": now})
+    db.upgrade(engine, "0004")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE job_runs SET token_id = 'jwt_1'"))
+        conn.execute(text("INSERT INTO delivery_tokens (token_id, run_id, used_at)"
+                          " VALUES ('jwt_2', 'before', :now)")
+                     .bindparams(bindparam("now", type_=db.UTCDateTime())), {"now": now})
+    # A token starts one attempt: the same token id cannot be recorded for a second run.
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(instants(RUN), {"id": "second", "job": "b", "status": "succeeded",
+                                     "now": now, "until": now})
+        conn.execute(text("UPDATE job_runs SET token_id = 'jwt_1' WHERE id = 'second'"))
+
+    db.downgrade(engine, "0003")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id FROM job_runs")).scalars().all() == ["before"]
+        assert "token_id" not in {c["name"] for c in inspect(conn).get_columns("job_runs")}
+        assert not inspect(conn).has_table("delivery_tokens")
+    db.upgrade(engine)
 
 
 def test_run_statement_raises_driver_errors_as_sqlalchemy_does(engine: Engine) -> None:

@@ -236,6 +236,88 @@ def test_same_message_for_another_job_is_a_replay(
     assert [r.job for r in runs(app)] == ["probe"]
 
 
+def replay(client: FlaskClient, original: dict[str, str], body: bytes, *, message_id: str,
+           target: str = "/api/qstash") -> TestResponse:
+    """Send a captured request again: same signature and body, another message id."""
+    return client.post(target, data=body,
+                       headers={**original, "Upstash-Message-Id": message_id})
+
+
+@pytest.mark.parametrize("target", ["/api/qstash", "/api/cron/probe"])
+def test_a_signed_request_replayed_under_another_message_id_runs_nothing(
+    app: Flask, client: FlaskClient, marker: Path, target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = probe_body(marker)
+    url = APP_URL + target
+    captured = delivery_headers(body, target="/api/cron/probe", message_id="msg_a", url=url)
+    assert replay(client, captured, body, message_id="msg_a", target=target).status_code == 200
+
+    replayed = replay(client, captured, body, message_id="msg_b", target=target)
+    assert replayed.status_code == 401
+    assert replayed.get_json()["error"] == "replayed_signature"
+    # While the job is busy too: a replay is refused, not recorded as a skipped run.
+    hold_job(app, "probe", expires_in=timedelta(minutes=5))
+    assert replay(client, captured, body, message_id="msg_c",
+                  target=target).get_json()["error"] == "replayed_signature"
+    assert len(executions(marker)) == 1
+    assert sorted(r.message_id or "" for r in runs(app)) == ["msg_a", "msg_someone-else"]
+    assert any(getattr(r, "event", {}).get("check") == "replayed_signature"
+               for r in caplog.records)
+
+
+def test_no_signed_request_of_a_retried_message_can_start_another_run(
+    app: Flask, client: FlaskClient, marker: Path
+) -> None:
+    body = probe_body(marker, action="fail_first")
+    first = delivery_headers(body, target="/api/cron/probe", message_id="msg_f")
+    assert replay(client, first, body, message_id="msg_f").status_code == 500
+    # The failed attempt's request, replayed as if it were QStash's retry: refused.
+    assert replay(client, first, body, message_id="msg_f").get_json()["error"] == (
+        "replayed_signature")
+    retry = delivery_headers(body, target="/api/cron/probe", message_id="msg_f", retried=1)
+    assert replay(client, retry, body, message_id="msg_f").status_code == 200
+    for captured in (first, retry):
+        replayed = replay(client, captured, body, message_id="msg_new")
+        assert replayed.status_code == 401
+        assert replayed.get_json()["error"] == "replayed_signature"
+    # Its stored outcome is still answered to a repeat of the message, as to any duplicate.
+    again = replay(client, retry, body, message_id="msg_f")
+    assert (again.status_code, again.get_json()["duplicate"]) == (200, True)
+    assert len(executions(marker)) == 2
+    [run] = runs(app)
+    assert (run.message_id, run.attempts, run.status) == ("msg_f", 2, "succeeded")
+
+
+def test_a_token_without_jti_is_accepted(client: FlaskClient, marker: Path) -> None:
+    body = probe_body(marker)
+    response = deliver(client, body, jti=None)
+    assert (response.status_code, response.get_json()["status"]) == (200, "succeeded")
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000,
+                                  b'{"job":"probe","n":' + b"9" * 5000 + b"}"],
+                         ids=["deeply-nested", "huge-number"])
+def test_bodies_json_cannot_parse_are_refused_without_retry(
+    app: Flask, client: FlaskClient, body: bytes
+) -> None:
+    response = deliver(client, body)
+    assert response.status_code == 489
+    assert response.get_json()["error"] == "invalid_body"
+    assert runs(app) == []
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999", "-1", "²", "1e3"])
+def test_an_implausible_retried_header_is_ignored(
+    app: Flask, client: FlaskClient, marker: Path, value: str
+) -> None:
+    body = probe_body(marker)
+    headers = {**delivery_headers(body, target="/api/cron/probe"), "Upstash-Retried": value}
+    response = client.post("/api/qstash", data=body, headers=headers)
+    assert response.status_code == 200
+    [run] = runs(app)
+    assert run.retried == 0
+
+
 def test_attempt_still_running_answers_503_with_retry_after(
     app: Flask, marker: Path
 ) -> None:

@@ -151,6 +151,7 @@ def test_garbage_is_malformed(token: str) -> None:
 
 def test_wrong_claim_types_are_malformed() -> None:
     assert rejected(mint(BODY, url=URL, jti=12.5)) == "malformed"
+    assert rejected(mint(BODY, url=URL, jti="j" * 129)) == "malformed"  # job_runs.token_id
     assert rejected(mint(BODY, url=URL, sub=None)) == "malformed"
     assert rejected(mint(BODY, url=URL, body=None)) == "malformed"
     assert rejected(mint(BODY, url=URL, exp="soon")) == "malformed"

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from service.db import utcnow
 from service.extensions import KEY, get_payout_provider, get_sessions, services
-from service.models import JobRun
+from service.models import DeliveryToken, JobRun
 from service.payouts.models import Notification, PaymentTransfer
 from service.payouts.provider import PaymentState, TransferRequest
 from service.payouts.simulated import SimulatedPayoutProvider
@@ -173,9 +173,14 @@ def test_pruning_follows_the_retention_settings(make_app: AppFactory, env: dict[
                                      payload={}, status=status, attempts=1, next_attempt_at=at,
                                      sent_at=at if status == "SENT" else None, created_at=at,
                                      updated_at=at))
+        for token, age in (("jwt_old", 8), ("jwt_new", 6)):
+            session.add(DeliveryToken(token_id=token, run_id="r_new",
+                                      used_at=now - timedelta(days=age)))
     result = run(app, "process-tasks")
     assert (result["pruned_job_runs"], result["pruned_notifications"]) == (1, 1)
     with get_sessions(app)() as session:
         kept = set(session.scalars(select(JobRun.id)))
+        tokens = set(session.scalars(select(DeliveryToken.token_id)))
     assert kept >= {"r_new", "r_running"} and "r_old" not in kept
+    assert tokens == {"jwt_new"}
     assert {n.dedup_key for n in outbox_rows(app)} == {"sent_new", "failed_old"}
