@@ -69,8 +69,8 @@ def wait_until_live(url: str, process: subprocess.Popen[bytes], log: Path | None
         try:
             if requests.get(url + "/healthz", timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or a worker still booting on a busy machine
         if process.poll() is not None or time.monotonic() > deadline:
             details = log.read_text() if log is not None else f"exit code {process.poll()}"
             raise AssertionError(f"{url} did not come up:\n{details}")
