@@ -12,8 +12,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event
-from sqlalchemy.engine import CursorResult, Dialect, Result, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import URL, CursorResult, Dialect, Result, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -67,10 +67,41 @@ def normalise_url(url: str) -> str:
     return url
 
 
+# The drivers the service is built and tested with, by the URL's scheme after normalise_url.
+SUPPORTED_DRIVERS = {"sqlite": "SQLite", "sqlite+pysqlite": "SQLite",
+                     "postgresql+psycopg": "PostgreSQL"}
+DATABASE_URL_FORMS = ("sqlite:///path/to/eleva-jobs.sqlite3 or "
+                      "postgresql://user:password@host:5432/dbname")
+
+
+def parse_database_url(url: str) -> URL:
+    """Parse DATABASE_URL; refuse, naming the variable, a malformed URL or another database."""
+    try:
+        parsed = make_url(normalise_url(url))
+    except (ArgumentError, ValueError):
+        # Not chained, and not quoted: the parser's messages can quote the password.
+        raise ConfigurationError(
+            "DATABASE_URL is not a valid database URL (check its host and port, and "
+            f"percent-encode '@' in the password as %40); use {DATABASE_URL_FORMS}"
+        ) from None
+    if parsed.drivername not in SUPPORTED_DRIVERS:
+        # The scheme is letters, digits and '+' only (make_url's grammar), so it can be named.
+        backend = parsed.drivername.partition("+")[0]
+        if backend in ("sqlite", "postgresql", "postgres"):
+            raise ConfigurationError(
+                f"DATABASE_URL names the driver {parsed.drivername!r}; the service brings only "
+                f"Python's sqlite3 and psycopg 3: write the scheme as in {DATABASE_URL_FORMS}"
+            )
+        raise ConfigurationError(
+            f"DATABASE_URL names a {backend!r} database; the service runs on SQLite or "
+            f"PostgreSQL only: use {DATABASE_URL_FORMS}"
+        )
+    return parsed
+
+
 def make_engine(url: str, **options: Any) -> Engine:
     """Create the engine: SQLite with WAL, foreign keys and a busy timeout, or PostgreSQL."""
-    url = normalise_url(url)
-    parsed = make_url(url)
+    parsed = parse_database_url(url)
     if parsed.get_backend_name() == "sqlite":
         if sqlite3.sqlite_version_info < SQLITE_MIN_VERSION:
             raise ConfigurationError(
@@ -78,9 +109,16 @@ def make_engine(url: str, **options: Any) -> Engine:
                 " the service needs 3.35 or later (use the container image, or PostgreSQL)"
             )
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **options
+            folder = Path(parsed.database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"DATABASE_URL: the SQLite file's folder {folder} cannot be created "
+                    f"({exc.strerror or type(exc).__name__}); set DATABASE_URL to a writable path"
+                ) from None
+        engine = _create_engine(
+            parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **options
         )
 
         @event.listens_for(engine, "connect")
@@ -103,7 +141,19 @@ def make_engine(url: str, **options: Any) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **options)
+    return _create_engine(parsed, pool_pre_ping=True, **options)
+
+
+def _create_engine(url: URL, **options: Any) -> Engine:
+    try:
+        return create_engine(url, **options)
+    except ValueError:
+        # e.g. sqlite:///x?timeout=soon; the driver's own message does not name the variable.
+        database = SUPPORTED_DRIVERS[url.drivername]
+        raise ConfigurationError(
+            f"DATABASE_URL has an option after '?' whose value {database} does not accept; "
+            "fix or remove it"
+        ) from None
 
 
 def autocommit(connection: Connection) -> Connection:

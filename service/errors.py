@@ -4,6 +4,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import click
 from flask import Flask, Response, jsonify
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
@@ -14,8 +15,11 @@ NON_RETRYABLE_STATUS = 489
 NON_RETRYABLE_HEADERS = {"Upstash-NonRetryable-Error": "true"}
 
 
-class ConfigurationError(Exception):
-    """A setting is missing or invalid; the message names the variable and the fix."""
+class ConfigurationError(click.ClickException):
+    """A setting is missing or invalid; the message names the variable and the fix.
+
+    A click exception, so that the `flask` command prints it as one line and exits 1.
+    """
 
 
 class AppError(Exception):

@@ -11,6 +11,7 @@ from qstash import QStash
 from qstash.errors import QStashError, RateLimitExceededError
 
 from .schedules import DesiredSchedule, RemoteSchedule, remote_from_sdk
+from .settings import redact_url
 
 log = logging.getLogger("eleva.qstash")
 T = TypeVar("T")
@@ -59,7 +60,7 @@ class QStashApi:
         self.client.http._client.close()
 
     def __repr__(self) -> str:
-        return f"QStashApi(base_url={self.base_url!r})"
+        return f"QStashApi(base_url={redact_url(self.base_url)!r})"
 
     def list_schedules(self) -> list[RemoteSchedule]:
         """Return every schedule on the account."""
@@ -134,7 +135,8 @@ class QStashApi:
             except httpx.HTTPError as exc:
                 wait = min(self.max_wait, 0.5 * 2 ** (attempt - 1))
                 failure = QStashApiError(
-                    f"{what}: cannot reach QStash at {self.base_url} ({type(exc).__name__})",
+                    f"{what}: cannot reach QStash at {redact_url(self.base_url)} "
+                    f"({type(exc).__name__}); check QSTASH_URL and the network",
                     code="unreachable")
             spent = self.clock() - started
             if attempt == self.attempts or spent + wait > self.max_wait:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -21,18 +21,30 @@ PAYOUT_PROVIDERS: tuple[PayoutProviderName, ...] = ("stripe", "simulated")
 NOTIFIERS: tuple[NotifierName, ...] = ("log", "smtp")
 MAX_PAYOUT_CONCURRENCY = 64
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+URL_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# Field metadata: repr shows the value through redact_url.
+URL = {"url": True}
 T = TypeVar("T", bound=str)
 
 
-@dataclass(frozen=True, kw_only=True)
+def redact_url(url: str) -> str:
+    """Return url fit for logs, errors and responses: without user info, query or fragment."""
+    scheme = match.group(0) if (match := URL_SCHEME_RE.match(url)) else ""
+    # Cut at the last '@' rather than at urlsplit's netloc: an unescaped '/', '?' or '#' in a
+    # password ends the netloc early and would leave the rest of the password in the output.
+    rest = url[len(scheme):].rpartition("@")[2]
+    return scheme + re.split(r"[?#]", rest, maxsplit=1)[0]
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
 class Settings:
     """Every setting the service reads, parsed once from an explicit mapping."""
 
-    app_url: str | None = None
+    app_url: str | None = field(default=None, metadata=URL)
     qstash_token: str | None = field(default=None, repr=False)
     qstash_current_signing_key: str | None = field(default=None, repr=False)
     qstash_next_signing_key: str | None = field(default=None, repr=False)
-    qstash_url: str | None = None
+    qstash_url: str | None = field(default=None, metadata=URL)
     qstash_clock_tolerance: int = 30
     database_url: str | None = field(default=None, repr=False)
     admin_api_token: str | None = field(default=None, repr=False)
@@ -45,7 +57,7 @@ class Settings:
     # Payouts: the provider, how hard to push it, and the ledger's rules.
     payout_provider: PayoutProviderName = "simulated"
     stripe_secret_key: str | None = field(default=None, repr=False)
-    stripe_api_base: str | None = None
+    stripe_api_base: str | None = field(default=None, metadata=URL)
     stripe_max_network_retries: int = 2
     stripe_timeout: int = 20
     payout_simulated_latency_ms: int = 0
@@ -68,6 +80,17 @@ class Settings:
     # Daily maintenance: how long finished job runs and sent notifications are kept.
     retention_job_runs_days: int = 30
     retention_notifications_days: int = 90
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.metadata.get("url") and value is not None:
+                value = redact_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -138,9 +161,10 @@ class Settings:
         if stripe_api_base is not None:
             parts = urlsplit(stripe_api_base)
             if parts.scheme not in ("http", "https") or not parts.hostname:
+                # Not quoted: it may hold a password, or a key pasted into the wrong variable.
                 raise ConfigurationError(
-                    f"STRIPE_API_BASE={stripe_api_base!r} is not an absolute http(s) URL; "
-                    "remove it to use Stripe's API"
+                    "STRIPE_API_BASE is not an absolute http(s) URL (e.g. "
+                    "http://127.0.0.1:12111 for the local double); remove it to use Stripe's API"
                 )
         raw_delays = text("PAYOUT_DELAY_DAYS") or DEFAULT_DELAY_DAYS
         try:
@@ -160,6 +184,13 @@ class Settings:
                     f"{' and '.join(missing)} missing: NOTIFIER=smtp needs SMTP_URL (e.g. "
                     "smtp+starttls://user:password@smtp.example.com:587) and MAIL_FROM "
                     "(e.g. 'Eleva Care <payouts@eleva.care>')"
+                )
+            if smtp_url is not None and _at_after_authority(smtp_url):
+                # The SMTP URL parser would read the rest of the password as a path, an option
+                # or a port, and could quote part of it back; say only what to fix.
+                raise ConfigurationError(
+                    "SMTP_URL has an '@' after the host: a '/', '?' or '#' in the user name or "
+                    "password ends it early; percent-encode them (%2F, %3F, %23, and '@' as %40)"
                 )
         return cls(
             app_url=(text("APP_URL", "NEXT_PUBLIC_APP_URL") or "").rstrip("/") or None,
@@ -200,6 +231,14 @@ class Settings:
             retention_job_runs_days=integer("RETENTION_JOB_RUNS_DAYS", 30, minimum=1),
             retention_notifications_days=integer("RETENTION_NOTIFICATIONS_DAYS", 90, minimum=1),
         )
+
+
+def _at_after_authority(url: str) -> bool:
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return False  # the URL's own parser reports it
+    return "@" in url and "@" not in netloc
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -71,6 +71,20 @@ def test_secrets_stay_out_of_repr() -> None:
         assert secret not in text
 
 
+def test_urls_in_repr_carry_no_credentials() -> None:
+    text = repr(Settings.from_env({
+        **COMPLETE, "APP_URL": "https://u:app-pw@jobs.example.com",
+        "QSTASH_URL": "http://proxyuser:proxy-pw@127.0.0.1:9",
+        "STRIPE_API_BASE": "http://s:stripe-pw@127.0.0.1:12111",
+        "DATABASE_URL": "postgresql://app:db-pw@db/x", "NOTIFIER": "smtp",
+        "SMTP_URL": "smtp://u:smtp-pw@mail.test", "MAIL_FROM": "p@eleva.test",
+    }))
+    assert "qstash_url='http://127.0.0.1:9'" in text
+    assert "app_url='https://jobs.example.com'" in text
+    for secret in ("app-pw", "proxyuser", "proxy-pw", "stripe-pw", "db-pw", "smtp-pw"):
+        assert secret not in text
+
+
 def test_complete_configuration_is_valid() -> None:
     report = validate_qstash_config(Settings.from_env(COMPLETE))
     assert report.valid
