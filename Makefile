@@ -41,7 +41,7 @@ lint: install
 	$(VENV)/bin/shellcheck docker-entrypoint.sh .ci/run
 
 test-sqlite: install
-	$(PY) -m pytest
+	TEST_DATABASE_URL= $(PY) -m pytest
 
 test-postgres: install
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest

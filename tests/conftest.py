@@ -31,10 +31,16 @@ SETTING_PREFIXES = (
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On the PostgreSQL pass (TEST_DATABASE_URL set), run only the tests on the test database.
 
+    Tests marked `postgres` need PostgreSQL itself and run only in that pass.
+
     They are the ones that use the `database_url` fixture, directly or through `env`, `app`,
     `client` or `runner`; the others do not depend on it and ran in the SQLite pass.
     """
     if not os.environ.get("TEST_DATABASE_URL"):
+        # Tests that need PostgreSQL itself (marked `postgres`) run in its pass only.
+        postgres = [item for item in items if item.get_closest_marker("postgres")]
+        config.hook.pytest_deselected(items=postgres)
+        items[:] = [item for item in items if not item.get_closest_marker("postgres")]
         return
     selected: list[pytest.Item] = []
     deselected: list[pytest.Item] = []

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -17,21 +16,18 @@ from service.extensions import get_sessions
 from service.models import JobRun
 from service.qstash_api import QStashApi, QStashApiError
 from service.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
-from tests.conftest import AppFactory, reset_postgres
+from tests.conftest import AppFactory
 from tests.helpers import delivery_headers, job_body
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.usefixtures("probes")
-DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture
-def proxy_app(make_app: AppFactory, env: dict[str, str]) -> Iterator[tuple[Flask, TcpProxy]]:
-    """The service on PostgreSQL, reached through a proxy the test can cut."""
-    url = os.environ.get("TEST_DATABASE_URL", "")
-    url = url if url.startswith("postgres") else DEFAULT_POSTGRES
-    reset_postgres(url)
-    parsed = make_url(db.normalise_url(url))
+def proxy_app(make_app: AppFactory, env: dict[str, str],
+              database_url: str) -> Iterator[tuple[Flask, TcpProxy]]:
+    """The service on the PostgreSQL test database, reached through a proxy the test can cut."""
+    parsed = make_url(db.normalise_url(database_url))
     proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
     proxy.up()
     proxied = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
@@ -63,6 +59,7 @@ def deliver_and_cut_mid_run(app: Flask, proxy: TcpProxy, marker: Path, message_i
     return answers["first"]
 
 
+@pytest.mark.postgres
 def test_database_vanishing_mid_run_is_retryable_and_the_retry_completes(
     proxy_app: tuple[Flask, TcpProxy], marker: Path
 ) -> None:
@@ -97,6 +94,7 @@ def test_database_vanishing_mid_run_is_retryable_and_the_retry_completes(
     assert len(marker.read_text().splitlines()) == 2
 
 
+@pytest.mark.postgres
 def test_a_connection_lost_during_the_run_is_replaced_to_record_the_outcome(
     proxy_app: tuple[Flask, TcpProxy], marker: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
