@@ -6,6 +6,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from service import db
 from tests.conftest import AppFactory
 from tests.helpers import ADMIN_TOKEN, APP_URL, delivery_headers, job_body, mint
 
@@ -22,7 +23,7 @@ def test_liveness(client: FlaskClient) -> None:
 def test_readiness_when_migrated(client: FlaskClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.get_json()["database"]["revision"]
+    assert response.get_json() == {"status": "ok", "database": {"revision": db.head_revision()}}
 
 
 def test_readiness_fails_before_migrations(make_app: AppFactory, env: dict[str, str]) -> None:

@@ -29,6 +29,7 @@ def test_too_many_headers_are_refused_in_json(client: FlaskClient) -> None:
     headers = {f"X-Extra-{i}": "1" for i in range(MAX_HEADERS + 1)}
     response = client.post("/api/qstash", headers=headers)
     assert response.status_code == 431
+    assert response.get_json()["error"] == "headers_too_large"
 
 
 def test_headers_within_limits_pass(client: FlaskClient) -> None:
