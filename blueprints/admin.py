@@ -8,6 +8,7 @@ from service.extensions import get_health_cache, get_jobs, get_sessions
 from service.health import qstash_health
 from service.jobs import run_history
 from service.models import RUN_STATUSES
+from service.payouts.ledger import whole_number
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
 bp.before_request(require_admin)
@@ -26,8 +27,8 @@ def job_runs() -> Response:
         errors["job"] = f"unknown job; one of {', '.join(sorted(get_jobs()))}"
     if status is not None and status not in RUN_STATUSES:
         errors["status"] = f"one of {', '.join(RUN_STATUSES)}"
-    limit = int(raw_limit) if raw_limit.isdigit() else 0
-    if not 1 <= limit <= MAX_LIMIT:
+    limit = whole_number(raw_limit, maximum=MAX_LIMIT) or 0
+    if not limit:
         errors["limit"] = f"a whole number from 1 to {MAX_LIMIT}"
     if errors:
         raise ValidationFailed(errors)

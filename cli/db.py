@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
+from alembic.util.exc import CommandError
 from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -10,18 +14,28 @@ from service.extensions import get_engine
 group = AppGroup("db", help="Manage the database schema.")
 
 
-@group.command("upgrade")
-@click.argument("revision", default="head")
-def upgrade(revision: str) -> None:
-    """Apply the database migrations (to the latest by default)."""
-    engine = get_engine()
+@contextmanager
+def _migration_errors() -> Iterator[None]:
+    """Report a migration that cannot run as a one-line error."""
     try:
-        db.upgrade(engine, revision)
+        yield
+    except CommandError as exc:
+        # An unknown or unreachable revision, e.g. "Can't locate revision identified by 'x'".
+        raise click.ClickException(f"cannot migrate: {exc}") from None
     except SQLAlchemyError as exc:
         raise click.ClickException(
             f"migration failed ({type(exc).__name__}); check DATABASE_URL and that the "
             "database server is reachable"
         ) from exc
+
+
+@group.command("upgrade")
+@click.argument("revision", default="head")
+def upgrade(revision: str) -> None:
+    """Apply the database migrations (to the latest by default)."""
+    engine = get_engine()
+    with _migration_errors():
+        db.upgrade(engine, revision)
     click.echo(f"database at revision {db.current_revision(engine)}")
 
 
@@ -30,7 +44,8 @@ def upgrade(revision: str) -> None:
 def downgrade(revision: str) -> None:
     """Revert the database migrations down to REVISION ('base' removes every table)."""
     engine = get_engine()
-    db.downgrade(engine, revision)
+    with _migration_errors():
+        db.downgrade(engine, revision)
     click.echo(f"database at revision {db.current_revision(engine) or 'base'}")
 
 

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import csv
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 from flask.cli import AppGroup
@@ -35,7 +38,7 @@ def import_file(file: Path, fmt: Format | None, kind: str) -> None:
         raise click.ClickException(
             f"cannot tell the format of {file.name}; use --format or one of the extensions "
             + ", ".join(sorted(EXTENSIONS)))
-    records = read_records(file, fmt)
+    records = _read(file, fmt)
     try:
         if kind == "experts":
             report = ledger.import_experts(get_sessions(), records, from_text=fmt == "csv")
@@ -51,11 +54,33 @@ def import_file(file: Path, fmt: Format | None, kind: str) -> None:
             click.echo(f"... and {hidden} more", err=True)
         raise click.ClickException(
             f"{len(exc.errors)} problem(s) in {file.name}; nothing was imported") from None
-    except UnicodeDecodeError:
-        raise click.ClickException(f"{file.name} is not UTF-8 text") from None
     noun = "expert(s)" if kind == "experts" else "transfer(s)"
     verb = "updated" if kind == "experts" else "already registered"
     click.echo(f"imported {report.created} new {noun}; {report.unchanged} {verb}")
+
+
+def _read(file: Path, fmt: Format) -> Iterator[tuple[int, Any]]:
+    # Only the reading is guarded: an error raised while the records are registered does not
+    # pass through this generator. The importers read every row before writing any.
+    line = 0
+    try:
+        for line, record in read_records(file, fmt):
+            yield line, record
+    # The reader cannot go on past such a record.
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{file.name} is not UTF-8 text") from None
+    except csv.Error as exc:  # a field over the csv module's size limit
+        raise _unreadable(file, line, str(exc)) from None
+    except RecursionError:
+        raise _unreadable(file, line, "JSON nested too deeply") from None
+    except ValueError:  # json refuses integers longer than int() converts
+        raise _unreadable(file, line, "a JSON number too long") from None
+
+
+def _unreadable(file: Path, line: int, reason: str) -> click.ClickException:
+    where = f"the record after line {line}" if line else "the first record"
+    return click.ClickException(
+        f"{file.name}: cannot read {where} ({reason}); nothing was imported")
 
 
 @group.command("approve")
@@ -66,7 +91,9 @@ def approve(transfer_id: int, approved_by: str) -> None:
     try:
         row = ledger.approve_transfer(get_sessions(), transfer_id, approved_by)
     except AppError as exc:
-        raise click.ClickException(f"{exc.code}: {exc.message}") from None
+        details = "".join(f"; {name}: {problem}"
+                          for name, problem in exc.extra.get("fields", {}).items())
+        raise click.ClickException(f"{exc.code}: {exc.message}{details}") from None
     click.echo(f"transfer {row['id']} approved by {row['approved_by']} at {row['approved_at']}")
 
 

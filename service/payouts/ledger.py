@@ -16,6 +16,8 @@ from service.errors import AppError, ValidationFailed
 
 from .models import Expert, PaymentTransfer
 from .rules import (
+    EARLIEST_INSTANT,
+    END_OF_INSTANTS,
     PENDING,
     TRANSFER_STATUSES,
     DelayTable,
@@ -24,17 +26,38 @@ from .rules import (
 )
 from .sql import is_
 
-ID_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-PAYMENT_ID_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{3,255}$")
-CHARGE_ID_RE: Final = re.compile(r"^(ch|py)_[A-Za-z0-9]{1,250}$")
-ACCOUNT_RE: Final = re.compile(r"^acct_[A-Za-z0-9]{1,250}$")
-COUNTRY_RE: Final = re.compile(r"^[A-Za-z]{2}$")
-CURRENCY_RE: Final = re.compile(r"^[A-Za-z]{3}$")
-EMAIL_RE: Final = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Every pattern is used with fullmatch: `$` would also accept a trailing newline.
+ID_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+PAYMENT_ID_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{3,255}")
+CHARGE_ID_RE: Final = re.compile(r"(ch|py)_[A-Za-z0-9]{1,250}")
+ACCOUNT_RE: Final = re.compile(r"acct_[A-Za-z0-9]{1,250}")
+COUNTRY_RE: Final = re.compile(r"[A-Za-z]{2}")
+CURRENCY_RE: Final = re.compile(r"[A-Za-z]{3}")
+EMAIL_RE: Final = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# Plain ASCII digits (str.isdigit() also accepts "²", which int() refuses), few enough that
+# int() is cheap; the caller's maximum bounds the value.
+DIGITS_RE: Final = re.compile(r"[0-9]{1,18}")
 MAX_PRICE: Final = 10**11
 MAX_LIST_LIMIT: Final = 500
+# payment_transfers.id is an INTEGER column: 32-bit on PostgreSQL.
+MAX_TRANSFER_ID: Final = 2**31 - 1
+MAX_APPROVER_LENGTH: Final = 128
 TRUE_WORDS: Final = frozenset({"true", "1", "yes"})
 FALSE_WORDS: Final = frozenset({"false", "0", "no"})
+
+
+def whole_number(text: str, *, maximum: int) -> int | None:
+    """Return `text` as an integer from 0 to `maximum`, or None if it is anything else."""
+    if not DIGITS_RE.fullmatch(text):
+        return None
+    value = int(text)
+    return value if value <= maximum else None
+
+
+def is_single_line(text: str) -> bool:
+    """Tell whether `text` has no control characters (NUL, newline), surrogates or the like."""
+    # Also keeps out what PostgreSQL text cannot hold (NUL) or UTF-8 cannot encode.
+    return text.isprintable()
 
 
 class NotFound(AppError):
@@ -105,7 +128,10 @@ class _Fields:
         if not value or len(value) > max_length:
             self.errors[name] = f"must be 1 to {max_length} characters"
             return None
-        if pattern is not None and not pattern.match(value):
+        if not is_single_line(value):
+            self.errors[name] = "must not contain control or unprintable characters"
+            return None
+        if pattern is not None and not pattern.fullmatch(value):
             self.errors[name] = hint or "has an invalid format"
             return None
         return value
@@ -128,10 +154,11 @@ class _Fields:
         if value is None:
             self.errors[name] = "required"
             return None
-        if self.from_text and isinstance(value, str) and value.strip().isdigit():
-            value = int(value.strip())
+        if self.from_text and isinstance(value, str):
+            value = whole_number(value.strip(), maximum=maximum)
         if isinstance(value, bool) or not isinstance(value, int):
-            self.errors[name] = "must be a whole number of minor units (cents), not a decimal"
+            self.errors[name] = ("must be a whole number of minor units (cents), not a decimal, "
+                                 f"from {minimum} to {maximum}")
             return None
         if not minimum <= value <= maximum:
             self.errors[name] = f"must be from {minimum} to {maximum}"
@@ -154,6 +181,11 @@ class _Fields:
         if parsed.tzinfo is None:
             self.errors[name] = "must include a time zone offset, e.g. Z or +01:00"
             return None
+        # Compared before converting: near the ends of the calendar astimezone overflows.
+        if not EARLIEST_INSTANT <= parsed < END_OF_INSTANTS:
+            self.errors[name] = (f"must be from {EARLIEST_INSTANT.date()} to before "
+                                 f"{END_OF_INSTANTS.date()} (UTC)")
+            return None
         return parsed.astimezone(UTC)
 
 
@@ -172,8 +204,6 @@ def parse_expert(data: Mapping[str, Any], *, from_text: bool = False,
     if email is not None and parseaddr(email)[1] != email:
         read.errors["email"] = "must be a bare email address"
     first_name = read.text("first_name", required=True, max_length=100)
-    if first_name is not None and not first_name.isprintable():
-        read.errors["first_name"] = "must not contain control characters"
     country = read.text("country", required=False, pattern=COUNTRY_RE, max_length=2,
                         hint="must be a two-letter ISO 3166 country code, e.g. PT")
     account = read.text("stripe_account_id", required=False, pattern=ACCOUNT_RE,
@@ -217,7 +247,7 @@ def parse_transfer(data: Mapping[str, Any], *, from_text: bool = False) -> Trans
 
 
 def check_expert_id(expert_id: str) -> None:
-    if not ID_RE.match(expert_id):
+    if not ID_RE.fullmatch(expert_id):
         raise ValidationFailed({"id": "letters, digits and . _ : - only, at most 64"})
 
 
@@ -254,6 +284,9 @@ def _apply(expert: Expert, data: ExpertInput, now: datetime) -> None:
 
 
 def get_expert(sessions: sessionmaker[Session], expert_id: str) -> dict[str, Any]:
+    # An id that could not have been stored is not looked up (PostgreSQL refuses a NUL).
+    if not ID_RE.fullmatch(expert_id):
+        raise NotFound(f"no expert {expert_id!r}", code="expert_not_found")
     with sessions() as session:
         expert = session.get(Expert, expert_id)
         if expert is None:
@@ -345,12 +378,28 @@ def _same_or_conflict(row: PaymentTransfer, data: TransferInput) -> dict[str, An
     return row.to_dict()
 
 
+def _transfer(session: Session, transfer_id: int) -> PaymentTransfer:
+    # An id beyond the column is not looked up: the database would refuse it.
+    row = (session.get(PaymentTransfer, transfer_id)
+           if 1 <= transfer_id <= MAX_TRANSFER_ID else None)
+    if row is None:
+        raise NotFound(f"no transfer {transfer_id}", code="transfer_not_found")
+    return row
+
+
 def get_transfer(sessions: sessionmaker[Session], transfer_id: int) -> dict[str, Any]:
     with sessions() as session:
-        row = session.get(PaymentTransfer, transfer_id)
-        if row is None:
-            raise NotFound(f"no transfer {transfer_id}", code="transfer_not_found")
-        return row.to_dict()
+        return _transfer(session, transfer_id).to_dict()
+
+
+def parse_approver(value: Any) -> str:
+    """Return who approves, stripped; raise ValidationFailed unless it is one line of text."""
+    if isinstance(value, str):
+        approver = value.strip()
+        if 1 <= len(approver) <= MAX_APPROVER_LENGTH and is_single_line(approver):
+            return approver
+    raise ValidationFailed({"approved_by": "required: who approves, 1 to "
+                                           f"{MAX_APPROVER_LENGTH} printable characters"})
 
 
 def approve_transfer(sessions: sessionmaker[Session], transfer_id: int, approved_by: str, *,
@@ -359,11 +408,10 @@ def approve_transfer(sessions: sessionmaker[Session], transfer_id: int, approved
 
     Approving an already approved transfer returns it unchanged.
     """
+    approved_by = parse_approver(approved_by)
     now = now or utcnow()
     with sessions.begin() as session:
-        row = session.get(PaymentTransfer, transfer_id)
-        if row is None:
-            raise NotFound(f"no transfer {transfer_id}", code="transfer_not_found")
+        row = _transfer(session, transfer_id)
         if not row.requires_approval:
             raise Conflict(f"transfer {transfer_id} does not require approval; it is paid "
                            "when due", code="approval_not_required")
@@ -408,16 +456,15 @@ def parse_list_args(args: Mapping[str, str]) -> dict[str, Any]:
         if status not in TRANSFER_STATUSES:
             errors["status"] = f"one of {', '.join(TRANSFER_STATUSES)}"
     expert = args.get("expert") or None
-    if expert is not None and not ID_RE.match(expert):
+    if expert is not None and not ID_RE.fullmatch(expert):
         errors["expert"] = "an expert id"
-    raw_limit = args.get("limit", "50")
-    limit = int(raw_limit) if raw_limit.isdigit() else 0
-    if not 1 <= limit <= MAX_LIST_LIMIT:
+    limit = whole_number(args.get("limit", "50"), maximum=MAX_LIST_LIMIT) or 0
+    if not limit:
         errors["limit"] = f"a whole number from 1 to {MAX_LIST_LIMIT}"
     raw_before = args.get("before")
-    before = int(raw_before) if raw_before and raw_before.isdigit() else None
+    before = whole_number(raw_before, maximum=MAX_TRANSFER_ID) if raw_before else None
     if raw_before and before is None:
-        errors["before"] = "a transfer id"
+        errors["before"] = f"a transfer id, at most {MAX_TRANSFER_ID}"
     if errors:
         raise ValidationFailed(errors)
     return {"status": status, "expert_id": expert, "limit": limit, "before": before}
@@ -527,7 +574,7 @@ def import_experts(sessions: sessionmaker[Session], rows: Iterable[tuple[int, An
             errors.append(RowError(line=line, field="line", message=data.message))
             continue
         expert_id = data.get("id") if isinstance(data, Mapping) else None
-        if not isinstance(expert_id, str) or not ID_RE.match(expert_id.strip()):
+        if not isinstance(expert_id, str) or not ID_RE.fullmatch(expert_id.strip()):
             errors.append(RowError(line=line, field="id", message="required: an expert id"))
         elif expert_id.strip() in lines:
             errors.append(RowError(line=line, field="id", message=(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Final, Literal
 
@@ -32,7 +32,12 @@ SESSION_SETTLE_TIME: Final = timedelta(hours=24)
 DEFAULT_DELAY_KEY: Final = "default"
 DEFAULT_DELAY_DAYS: Final = "US=2,default=7"
 MAX_DELAY_DAYS: Final = 365
-_COUNTRY_RE: Final = re.compile(r"^[A-Z]{2}$")
+# The instants a transfer may carry: every real payment fits, and adding a delay to any of
+# them stays far from the end of the calendar (datetime overflows after 9999-12-31).
+EARLIEST_INSTANT: Final = datetime(1970, 1, 1, tzinfo=UTC)
+END_OF_INSTANTS: Final = datetime(3000, 1, 1, tzinfo=UTC)
+_COUNTRY_RE: Final = re.compile(r"[A-Z]{2}")
+_DAYS_RE: Final = re.compile(r"[0-9]{1,9}")
 
 
 class InvalidTransition(ValueError):
@@ -88,7 +93,7 @@ def parse_delay_table(text: str) -> DelayTable:
             continue
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
-        if not sep or not value.isdigit():
+        if not sep or not _DAYS_RE.fullmatch(value):
             raise ValueError(f"{item!r} is not COUNTRY=DAYS (whole days, e.g. US=2)")
         count = int(value)
         if count > MAX_DELAY_DAYS:
@@ -99,7 +104,7 @@ def parse_delay_table(text: str) -> DelayTable:
             default = count
             continue
         country = key.upper()
-        if not _COUNTRY_RE.match(country):
+        if not _COUNTRY_RE.fullmatch(country):
             raise ValueError(f"{key!r} is not a two-letter ISO country code")
         if country in days:
             raise ValueError(f"{country} is given twice")
@@ -113,6 +118,7 @@ def scheduled_transfer_at(
     *, paid_at: datetime, session_end_at: datetime, country: str | None, delays: DelayTable
 ) -> datetime:
     """Return when a transfer is due: the country delay after payment, 24 h after the session."""
+    # Cannot overflow for instants before END_OF_INSTANTS, which parse_transfer enforces.
     return max(paid_at + delays.delay(country), session_end_at + SESSION_SETTLE_TIME)
 
 

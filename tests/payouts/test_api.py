@@ -7,7 +7,10 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import func, select
 
+from service.extensions import get_sessions
+from service.payouts.models import Expert, PaymentTransfer
 from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer
 from tests.helpers import ADMIN_TOKEN
 
@@ -25,6 +28,13 @@ def transfer_body(**changes: Any) -> dict[str, Any]:
     }
     body.update(changes)
     return body
+
+
+def stored(app: Flask) -> tuple[int, int]:
+    """Count the experts and the transfers in the database."""
+    with get_sessions(app)() as session:
+        return (int(session.scalar(select(func.count()).select_from(Expert)) or 0),
+                int(session.scalar(select(func.count()).select_from(PaymentTransfer)) or 0))
 
 
 @pytest.fixture
@@ -84,8 +94,62 @@ def test_put_expert_requires_a_json_object(client: FlaskClient) -> None:
     assert "id" in bad_id.get_json()["fields"]
 
 
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"email": "\ud800@b.co"}, "email"),
+    ({"email": "a\x00b@b.co"}, "email"),
+    ({"email": "a\x7fb@b.co"}, "email"),
+    ({"first_name": "A\x00"}, "first_name"),
+    ({"first_name": "A\ud800"}, "first_name"),
+    ({"first_name": "A\nB"}, "first_name"),
+])
+def test_put_expert_refuses_control_characters_and_surrogates(
+    app: Flask, client: FlaskClient, changes: dict[str, str], field: str
+) -> None:
+    response = client.put("/api/experts/e2", json={**EXPERT, **changes}, headers=AUTH)
+    assert response.status_code == 422
+    assert response.get_json()["error"] == "validation_failed"
+    assert set(response.get_json()["fields"]) == {field}
+    assert stored(app) == (0, 0)
+
+
+@pytest.mark.parametrize("expert_id", ["bad%0A", "bad%00", "%C2%B2", "bad%0Aid"])
+def test_put_expert_id_must_match_whole(app: Flask, client: FlaskClient, expert_id: str) -> None:
+    response = client.put(f"/api/experts/{expert_id}", json=EXPERT, headers=AUTH)
+    assert response.status_code == 422
+    assert set(response.get_json()["fields"]) == {"id"}
+    assert stored(app) == (0, 0)
+
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000  # about 200 KB, well under the body limit
+LONG_NUMBER = '{"price": ' + "9" * 5000 + "}"  # more digits than int() converts
+
+
+@pytest.mark.parametrize("body", [DEEP_JSON, LONG_NUMBER], ids=["deep", "long-number"])
+@pytest.mark.parametrize(("method", "path"), [
+    ("put", "/api/experts/exp_2"), ("post", "/api/transfers"),
+    ("post", "/api/transfers/1/approve"),
+])
+def test_unparseable_json_is_a_422(app: Flask, client: FlaskClient, method: str, path: str,
+                                   body: str) -> None:
+    response = getattr(client, method)(path, data=body, content_type="application/json",
+                                       headers=AUTH)
+    assert response.status_code == 422
+    assert response.get_json()["error"] == "validation_failed"
+    assert set(response.get_json()["fields"]) == {"body"}
+    assert stored(app) == (0, 0)
+
+
 def test_unknown_expert_is_a_404(client: FlaskClient) -> None:
     response = client.get("/api/experts/nobody", headers=AUTH)
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "expert_not_found"
+
+
+@pytest.mark.parametrize("expert_id", ["%00", "a%00b", "exp_1%0A", "x" * 65])
+def test_an_expert_id_that_cannot_exist_is_a_404(
+    client: FlaskClient, expert: dict[str, Any], expert_id: str
+) -> None:
+    response = client.get(f"/api/experts/{expert_id}", headers=AUTH)
     assert response.status_code == 404
     assert response.get_json()["error"] == "expert_not_found"
 
@@ -174,6 +238,25 @@ def test_register_checks_the_expert_and_the_session(
         assert response.status_code == 422, price
 
 
+@pytest.mark.parametrize(("changes", "fields"), [
+    ({"session_start_at": "9999-12-31T10:00:00Z", "session_end_at": "9999-12-31T11:00:00Z"},
+     {"session_start_at", "session_end_at"}),
+    ({"paid_at": "0001-01-01T00:00:00+01:00"}, {"paid_at"}),
+    ({"paid_at": "9999-12-31T23:59:59-14:00"}, {"paid_at"}),
+    ({"session_end_at": "3000-01-01T00:00:00Z"}, {"session_end_at"}),
+    ({"paid_at": "1969-12-31T23:59:59Z"}, {"paid_at"}),
+])
+def test_register_refuses_dates_at_the_ends_of_the_calendar(
+    app: Flask, client: FlaskClient, expert: dict[str, Any], changes: dict[str, str],
+    fields: set[str]
+) -> None:
+    response = client.post("/api/transfers", json=transfer_body(**changes), headers=AUTH)
+    assert response.status_code == 422
+    assert response.get_json()["error"] == "validation_failed"
+    assert set(response.get_json()["fields"]) == fields
+    assert stored(app) == (1, 0)
+
+
 def test_us_expert_and_the_24h_rule(client: FlaskClient) -> None:
     client.put("/api/experts/exp_us", json={**EXPERT, "country": "US"}, headers=AUTH)
     paid_early = client.post("/api/transfers", headers=AUTH, json=transfer_body(
@@ -211,6 +294,34 @@ def test_approve(app: Flask, client: FlaskClient) -> None:
         409, "approval_not_required")
 
 
+@pytest.mark.parametrize("approved_by", ["\ud800x", "ops\x00", "ops\nother", "ops\x1b[31m",
+                                         "x" * 129, "  ", 7])
+def test_approver_must_be_one_line_of_text(app: Flask, client: FlaskClient,
+                                           approved_by: object) -> None:
+    add_expert(app)
+    held = add_transfer(app, requires_approval=True)
+    response = client.post(f"/api/transfers/{held}/approve", json={"approved_by": approved_by},
+                           headers=AUTH)
+    assert response.status_code == 422
+    assert set(response.get_json()["fields"]) == {"approved_by"}
+    row = load_transfer(app, held)
+    assert (row.approved_by, row.approved_at) == (None, None)
+
+
+@pytest.mark.parametrize("transfer_id", ["0", "2147483648", "99999999999999999999"])
+def test_transfer_ids_beyond_the_column_are_not_found(
+    app: Flask, client: FlaskClient, transfer_id: str
+) -> None:
+    add_expert(app)
+    add_transfer(app, requires_approval=True)
+    shown = client.get(f"/api/transfers/{transfer_id}", headers=AUTH)
+    approved = client.post(f"/api/transfers/{transfer_id}/approve",
+                           json={"approved_by": "ops"}, headers=AUTH)
+    for response in (shown, approved):
+        assert response.status_code == 404
+        assert response.get_json()["error"] == "transfer_not_found"
+
+
 def test_only_a_pending_transfer_can_be_approved(app: Flask, client: FlaskClient) -> None:
     add_expert(app)
     cancelled = add_transfer(app, requires_approval=True, status="CANCELLED")
@@ -241,6 +352,41 @@ def test_list_filters_and_pages(app: Flask, client: FlaskClient) -> None:
     bad = client.get("/api/transfers?status=DONE&limit=0&before=x&expert=a%20b", headers=AUTH)
     assert bad.status_code == 422
     assert set(bad.get_json()["fields"]) == {"status", "limit", "before", "expert"}
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ("limit=%C2%B2", "limit"),  # "²": str.isdigit() accepts it, int() does not
+    ("limit=%D9%A3", "limit"),  # Arabic-Indic three
+    ("limit=501", "limit"),
+    ("limit=99999999999999999999", "limit"),
+    ("limit=1%0A", "limit"),
+    ("before=%C2%B2", "before"),
+    ("before=-1", "before"),
+    ("before=2147483648", "before"),
+    ("before=99999999999999999999", "before"),
+    ("expert=a%0A", "expert"),
+    ("expert=a%00", "expert"),
+])
+def test_list_refuses_bad_query_values(client: FlaskClient, query: str, field: str) -> None:
+    response = client.get(f"/api/transfers?{query}", headers=AUTH)
+    assert response.status_code == 422
+    assert response.get_json()["error"] == "validation_failed"
+    assert set(response.get_json()["fields"]) == {field}
+
+
+def test_list_accepts_the_largest_values(client: FlaskClient) -> None:
+    response = client.get("/api/transfers?limit=500&before=2147483647", headers=AUTH)
+    assert response.status_code == 200
+    assert response.get_json()["count"] == 0
+
+
+# The admin job-run list reads its limit with the same helper as the transfer list.
+@pytest.mark.parametrize("limit", ["%C2%B2", "99999999999999999999", "501", "0"])
+def test_job_runs_refuses_a_bad_limit(client: FlaskClient, limit: str) -> None:
+    response = client.get(f"/api/admin/job-runs?limit={limit}", headers=AUTH)
+    assert response.status_code == 422
+    assert response.get_json()["error"] == "validation_failed"
+    assert set(response.get_json()["fields"]) == {"limit"}
 
 
 def test_transfer_not_found_is_json(client: FlaskClient) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from click.testing import Result
 from flask import Flask
 from flask.testing import FlaskCliRunner
 from sqlalchemy import func, select
@@ -157,3 +159,87 @@ def test_approve_and_summary(app: Flask, runner: FlaskCliRunner) -> None:
     assert missing.exit_code == 1 and "transfer_not_found" in missing.output
     summary = runner.invoke(args=["payouts", "summary"])
     assert "PENDING=1" in summary.output and "COMPLETED=0" in summary.output
+
+
+def expert_count(app: Flask) -> int:
+    with get_sessions(app)() as session:
+        return int(session.scalar(select(func.count()).select_from(Expert)) or 0)
+
+
+def failed_cleanly(result: Result) -> str:
+    """Return the output of a command that failed with a click error, not a traceback."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    return result.output
+
+
+def test_import_refuses_dates_and_numbers_it_cannot_store(
+    app: Flask, runner: FlaskCliRunner, tmp_path: Path
+) -> None:
+    add_expert(app, "exp_ana")
+    text = HEADER + """\
+exp_ana,pi_1,,10000,eur,9999-12-31T10:00:00Z,9999-12-31T11:00:00Z,2025-02-20T17:30:00Z,
+exp_ana,pi_2,,10000,eur,2025-02-21T09:00:00Z,2025-02-21T10:00:00Z,0001-01-01T00:00:00+01:00,
+exp_ana,pi_3,,\u00b2,eur,2025-02-21T09:00:00Z,2025-02-21T10:00:00Z,2025-02-20T17:30:00Z,
+exp_ana,pi_4,,10000,eur,2025-02-21T09:00:00Z,2025-02-21T10:00:00Z,2025-02-20T17:30:00Z,
+"""
+    output = failed_cleanly(runner.invoke(args=["payouts", "import",
+                                                write(tmp_path, "t.csv", text)]))
+    for expected in ("line 2: session_start_at: must be from", "line 2: session_end_at:",
+                     "line 3: paid_at: must be from", "line 4: price: must be a whole number",
+                     "4 problem(s) in t.csv; nothing was imported"):
+        assert expected in output, expected
+    assert transfer_count(app) == 0
+
+
+def test_import_refuses_text_that_cannot_be_stored(
+    app: Flask, runner: FlaskCliRunner, tmp_path: Path
+) -> None:
+    rows = [{"id": "e1", "email": "\ud800@b.co", "first_name": "A"},
+            {"id": "e2", "email": "a\u0000b@b.co", "first_name": "A"},
+            {"id": "e3", "email": "c@b.co", "first_name": "A\u001b[2J"},
+            {"id": "e5", "email": "e@b.co", "first_name": "E"}]
+    path = write(tmp_path, "e.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    output = failed_cleanly(runner.invoke(args=["payouts", "import", "--kind", "experts",
+                                                path]))
+    for expected in ("line 1: email:", "line 2: email:", "line 3: first_name:",
+                     "3 problem(s) in e.jsonl"):
+        assert expected in output, expected
+    assert expert_count(app) == 0
+
+
+@pytest.mark.parametrize(("name", "text", "problem"), [
+    ("t.jsonl", '{"price": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n",
+     "the record after line 1 (JSON nested too deeply)"),
+    ("t.jsonl", '{"price": ' + "9" * 5000 + "}\n", "the first record (a JSON number too long)"),
+    ("t.csv", HEADER + "exp_ana," + "x" * 200_000 + "\n",
+     "the first record (field larger than field limit"),
+])
+def test_import_reports_an_unreadable_file_in_one_line(
+    app: Flask, runner: FlaskCliRunner, tmp_path: Path, name: str, text: str, problem: str
+) -> None:
+    add_expert(app, "exp_ana")
+    output = failed_cleanly(runner.invoke(args=["payouts", "import",
+                                                write(tmp_path, name, text)]))
+    assert f"Error: {name}: cannot read {problem}" in output
+    assert "nothing was imported" in output
+    assert transfer_count(app) == 0
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["99999999999999999999", "--by", "ops"], "transfer_not_found"),
+    (["2147483648", "--by", "ops"], "transfer_not_found"),
+    (["{held}", "--by", "ops\u0000"], "approved_by: required"),
+    (["{held}", "--by", "\ud800x"], "approved_by: required"),
+    (["{held}", "--by", "  "], "approved_by: required"),
+    (["{held}", "--by", "x" * 129], "approved_by: required"),
+])
+def test_approve_refuses_bad_input_in_one_line(
+    app: Flask, runner: FlaskCliRunner, args: list[str], expected: str
+) -> None:
+    add_expert(app)
+    held = add_transfer(app, requires_approval=True)
+    args = [arg.format(held=held) for arg in args]
+    output = failed_cleanly(runner.invoke(args=["payouts", "approve", *args]))
+    assert "Error: " in output and expected in output
+    assert load_transfer(app, held).approved_at is None

@@ -82,6 +82,9 @@ def test_delay_table_is_configuration() -> None:
     ("USA=2,default=7", "two-letter"),
     ("US=two,default=7", "COUNTRY=DAYS"),
     ("US=-1,default=7", "COUNTRY=DAYS"),
+    # Digits that str.isdigit() accepts but that are not ASCII: "²" and Arabic-Indic three.
+    ("US=\u00b2,default=7", "COUNTRY=DAYS"),
+    ("US=2,default=\u0663", "COUNTRY=DAYS"),
     ("default=7,default=8", "twice"),
     ("US=400,default=7", "at most"),
 ])
