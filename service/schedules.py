@@ -15,7 +15,7 @@ from croniter import croniter
 from .jobs import RECEIVER_PATH, TARGET_HEADER, Job
 from .settings import Settings
 
-SCHEDULE_ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+SCHEDULE_ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 CRON_TZ_RE = re.compile(r"^CRON_TZ=(\S+)\s+(.*)$")
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
@@ -191,7 +191,7 @@ def desired_schedules(settings: Settings, jobs: Mapping[str, Job]) -> list[Desir
             source = f"{variable}_CRON" if "cron" in override else f"the cron of {job.name}"
             raise ScheduleConfigError(f"job {job.name}: {source} {cron!r} is invalid: {problem}")
         schedule_id = schedule_prefix(settings) + job.name
-        if not SCHEDULE_ID_RE.match(schedule_id):
+        if not SCHEDULE_ID_RE.fullmatch(schedule_id):
             raise ScheduleConfigError(f"schedule id {schedule_id!r} has forbidden characters")
         desired.append(DesiredSchedule(
             schedule_id=schedule_id,

@@ -20,7 +20,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PAYOUT_PROVIDERS: tuple[PayoutProviderName, ...] = ("stripe", "simulated")
 NOTIFIERS: tuple[NotifierName, ...] = ("log", "smtp")
 MAX_PAYOUT_CONCURRENCY = 64
-SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 URL_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # Field metadata: repr shows the value through redact_url.
 URL = {"url": True}
@@ -145,7 +145,7 @@ class Settings:
             )
 
         service_name = text("SERVICE_NAME") or "eleva-jobs"
-        if not SERVICE_NAME_RE.match(service_name):
+        if not SERVICE_NAME_RE.fullmatch(service_name):
             raise ConfigurationError(
                 f"SERVICE_NAME={service_name!r} may only contain letters, digits, '-' and '_' "
                 "(it becomes part of every QStash schedule id)"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
 
-CURRENCY_RE = re.compile(r"^[a-z]{3}$")
+CURRENCY_RE = re.compile(r"[a-z]{3}")
 # Stripe caps idempotency keys at 255 characters; refuse longer ones before any call is made.
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 # Secret and restricted API keys, webhook secrets and bearer tokens must never reach logs or
@@ -31,7 +31,7 @@ class TransferRequest:
     def __post_init__(self) -> None:
         if isinstance(self.amount, bool) or not isinstance(self.amount, int) or self.amount <= 0:
             raise ValueError(f"amount must be a positive count of minor units: {self.amount!r}")
-        if not CURRENCY_RE.match(self.currency):
+        if not CURRENCY_RE.fullmatch(self.currency):
             raise ValueError(f"currency must be a lowercase ISO 4217 code, not {self.currency!r}")
         if not self.idempotency_key or len(self.idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
             raise ValueError("idempotency_key must be 1 to 255 characters")

@@ -7,7 +7,7 @@ from sqlalchemy import ColumnElement, Connection, Row, Select, String, literal_c
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute
 
-_CONSTANT_RE = re.compile(r"^[A-Z_]+$")
+_CONSTANT_RE = re.compile(r"[A-Z_]+")
 AnySelect: TypeAlias = Select[*tuple[Any, ...]]
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
 
@@ -19,7 +19,7 @@ def is_(column: InstrumentedAttribute[str], status: str) -> ColumnElement[bool]:
     switches a prepared statement to a generic plan, only use them when the query carries the
     same literal.
     """
-    if not _CONSTANT_RE.match(status):
+    if not _CONSTANT_RE.fullmatch(status):
         raise ValueError(f"not a status constant: {status!r}")
     return column == literal_column(f"'{status}'", String)
 
