@@ -1,15 +1,16 @@
 -- wrk script: verified QStash deliveries to POST /api/qstash, each with its own message id.
 --
--- The Upstash-Signature covers the URL and the body, not the message id, so one token minted by
--- run_load.py serves the whole run while every request gets a fresh Upstash-Message-Id
--- (<run>-<thread>-<counter>). Settings come from the environment, so the token never appears
--- on a command line:
---   BENCH_SIGNATURE   the minted token (required)
---   BENCH_BODY        the exact body the token was minted for (required)
+-- Every request carries a token of its own, as QStash's are (the service refuses a token that
+-- already started a run), and a fresh Upstash-Message-Id (<run>-<thread>-<counter>). run_load.py
+-- mints the tokens into one file per thread, so no token appears on a command line. Settings
+-- come from the environment:
+--   BENCH_TOKENS      path prefix of the token files: thread N reads <prefix>-N (required)
+--   BENCH_BODY        the exact body the tokens were minted for (required)
 --   BENCH_TARGET      X-Qstash-Target-Url, e.g. /api/cron/noop (required)
 --   BENCH_RUN         message id prefix, unique per run (required)
 --
--- done() prints one line "BENCH_RESULT {json}" with the counters of every thread.
+-- done() prints one line "BENCH_RESULT {json}" with the counters of every thread; "exhausted"
+-- counts requests sent after a thread used up its tokens (they reuse its last one and fail).
 
 local threads = {}
 
@@ -27,7 +28,14 @@ local function required(name)
 end
 
 function init(args)
-   signature = required("BENCH_SIGNATURE")
+   tokens = {}
+   for line in io.lines(required("BENCH_TOKENS") .. "-" .. thread_id) do
+      table.insert(tokens, line)
+   end
+   if #tokens == 0 then
+      error("no tokens for thread " .. thread_id)
+   end
+   exhausted = 0
    body = required("BENCH_BODY")
    target = required("BENCH_TARGET")
    run_tag = required("BENCH_RUN")
@@ -42,8 +50,13 @@ end
 function request()
    counter = counter + 1
    sent = sent + 1
+   local token = tokens[counter]
+   if token == nil then
+      exhausted = exhausted + 1
+      token = tokens[#tokens]
+   end
    local headers = {
-      ["Upstash-Signature"] = signature,
+      ["Upstash-Signature"] = token,
       ["Upstash-Message-Id"] = string.format("%s-%d-%d", run_tag, thread_id, counter),
       ["Upstash-Retried"] = "0",
       ["X-Qstash-Target-Url"] = target,
@@ -65,13 +78,14 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-   local sent_total, responses_total, ok_total, not_ok_total = 0, 0, 0, 0
+   local sent_total, responses_total, ok_total, not_ok_total, exhausted_total = 0, 0, 0, 0, 0
    local by_status = {}
    for _, thread in ipairs(threads) do
       sent_total = sent_total + thread:get("sent")
       responses_total = responses_total + thread:get("responses")
       ok_total = ok_total + thread:get("ok")
       not_ok_total = not_ok_total + thread:get("not_ok")
+      exhausted_total = exhausted_total + thread:get("exhausted")
       for status, count in pairs(thread:get("statuses")) do
          by_status[status] = (by_status[status] or 0) + count
       end
@@ -81,10 +95,12 @@ function done(summary, latency, requests)
       table.insert(parts, string.format('"%s": %d', status, count))
    end
    io.write(string.format(
-      'BENCH_RESULT {"sent": %d, "responses": %d, "ok": %d, "not_ok": %d, "statuses": {%s}, '
+      'BENCH_RESULT {"sent": %d, "responses": %d, "ok": %d, "not_ok": %d, "exhausted": %d, '
+         .. '"statuses": {%s}, '
          .. '"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "max_us": %d, '
          .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}}\n',
-      sent_total, responses_total, ok_total, not_ok_total, table.concat(parts, ", "),
+      sent_total, responses_total, ok_total, not_ok_total, exhausted_total,
+      table.concat(parts, ", "),
       summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
       latency.max, summary.errors.connect, summary.errors.read, summary.errors.write,
       summary.errors.status, summary.errors.timeout))

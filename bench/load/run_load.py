@@ -67,6 +67,9 @@ PHASES = ("load", "storm", "memory")
 MIN_THROUGHPUT_RATIO = 0.5
 MAX_P99_MS = 50.0
 MAX_RSS_GROWTH_MB = 5.0  # "no growth beyond a few MB" per worker
+# Tokens minted per second of a wrk run of deliveries (each delivery needs its own): above
+# any rate seen on two CPUs (1,700/s); a run that uses them up stops with a setup error.
+MAX_DELIVERY_RATE = 3000
 
 # Settings the service reads; scrubbed from the inherited environment so that a developer's
 # shell cannot change what is measured.
@@ -339,36 +342,69 @@ def parse_wrk(output: str) -> WrkResult:
                      socket_errors=socket_errors, script=script)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Deliveries:
+    """What deliveries.lua sends: a signed body to the receiver, each with its own message id."""
+
+    url: str  # the URL the tokens are signed for: APP_URL + /api/qstash
+    body: bytes
+    target: str
+    run: str  # message id prefix, unique per wrk run
+    lifetime: int  # seconds each token stays valid
+
+
 def run_wrk(url: str, *, duration: int, connections: int, threads: int,
-            deliveries: Mapping[str, str] | None = None) -> WrkResult:
+            deliveries: Deliveries | None = None) -> WrkResult:
     """Run wrk for at most `duration` seconds; with `deliveries`, through deliveries.lua."""
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "5s",
                "--latency"]
     env = dict(os.environ)
-    if deliveries is not None:
-        command += ["-s", str(LUA_SCRIPT)]
-        env.update(deliveries)
-    command.append(url)
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True,
-                              timeout=duration + 60, check=False)
-    except subprocess.TimeoutExpired:
-        raise SetupError(f"wrk did not stop within {duration + 60} s") from None
+    with tempfile.TemporaryDirectory(prefix="wrk-tokens-") as folder:
+        if deliveries is not None:
+            command += ["-s", str(LUA_SCRIPT)]
+            env.update(mint_tokens(deliveries, count=duration * MAX_DELIVERY_RATE,
+                                   threads=threads, folder=Path(folder)))
+        command.append(url)
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True,
+                                  timeout=duration + 60, check=False)
+        except subprocess.TimeoutExpired:
+            raise SetupError(f"wrk did not stop within {duration + 60} s") from None
     if done.returncode != 0:
         raise SetupError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return parse_wrk(done.stdout)
+    result = parse_wrk(done.stdout)
+    if result.script and result.script.get("exhausted"):
+        raise SetupError(f"wrk sent more than {MAX_DELIVERY_RATE} deliveries/s and used up its "
+                         "tokens; raise MAX_DELIVERY_RATE in bench/load/run_load.py")
+    return result
 
 
-def delivery_settings(server: Server, *, run: str, lifetime: int) -> dict[str, str]:
-    """The environment deliveries.lua reads: one token minted for the whole wrk run."""
-    body = b"{}"
-    claims = qstash_claims(url=server.app_url + "/api/qstash", body=body, lifetime=lifetime)
+def mint_tokens(deliveries: Deliveries, *, count: int, threads: int,
+                folder: Path) -> dict[str, str]:
+    """Sign `count` tokens, one per delivery, into a file per wrk thread; return the settings.
+
+    The service refuses a token that already started a run (replay protection), so, as QStash
+    does, every delivery carries a token of its own (its own `jti`).
+    """
+    per_thread = math.ceil(count / threads)
+    for thread in range(1, threads + 1):
+        with (folder / f"tokens-{thread}").open("w") as out:
+            for _ in range(per_thread):
+                claims = qstash_claims(url=deliveries.url, body=deliveries.body,
+                                       lifetime=deliveries.lifetime)
+                out.write(sign_claims(claims, DEV_CURRENT_SIGNING_KEY) + "\n")
     return {
-        "BENCH_SIGNATURE": sign_claims(claims, DEV_CURRENT_SIGNING_KEY),
-        "BENCH_BODY": body.decode(),
-        "BENCH_TARGET": f"/api/cron/{NOOP_JOB}",
-        "BENCH_RUN": run,
+        "BENCH_TOKENS": str(folder / "tokens"),
+        "BENCH_BODY": deliveries.body.decode(),
+        "BENCH_TARGET": deliveries.target,
+        "BENCH_RUN": deliveries.run,
     }
+
+
+def delivery_settings(server: Server, *, run: str, lifetime: int) -> Deliveries:
+    """Deliveries of the no-op job to this server, tagged with the run's message id prefix."""
+    return Deliveries(url=server.app_url + "/api/qstash", body=b"{}",
+                      target=f"/api/cron/{NOOP_JOB}", run=run, lifetime=lifetime)
 
 
 def new_tag(letter: str) -> str:
