@@ -194,20 +194,23 @@ def test_concurrent_identical_registrations_create_one_row(
     app: Flask, expert: dict[str, Any]
 ) -> None:
     barrier = threading.Barrier(6)
-    statuses: list[int] = []
+    answers: list[tuple[int, Any]] = []
 
     def post() -> None:
         client = app.test_client()
         barrier.wait()
-        statuses.append(client.post("/api/transfers", json=transfer_body(),
-                                    headers=AUTH).status_code)
+        response = client.post("/api/transfers", json=transfer_body(), headers=AUTH)
+        answers.append((response.status_code, response.get_json()["id"]))
 
     threads = [threading.Thread(target=post) for _ in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(statuses) == [200] * 5 + [201]
+    assert sorted(status for status, _ in answers) == [200] * 5 + [201]
+    with get_sessions(app)() as session:
+        [row_id] = session.scalars(select(PaymentTransfer.id)).all()
+    assert {transfer_id for _, transfer_id in answers} == {row_id}
 
 
 def test_register_lists_every_invalid_field(client: FlaskClient, expert: dict[str, Any]) -> None:
