@@ -22,12 +22,17 @@ def is_admin(token: str | None) -> bool:
     return hmac.compare_digest(token.encode(), expected.encode())
 
 
-def require_admin() -> None:
-    """Refuse the request unless it carries `Authorization: Bearer <ADMIN_API_TOKEN>`."""
+def require_admin_enabled() -> None:
+    """Refuse admin access outright (503) while ADMIN_API_TOKEN is not set."""
     if get_settings().admin_api_token is None:
         raise ServiceUnavailable(
             "the admin API is disabled; set ADMIN_API_TOKEN to enable it",
             code="admin_api_disabled",
         )
+
+
+def require_admin() -> None:
+    """Refuse the request unless it carries `Authorization: Bearer <ADMIN_API_TOKEN>`."""
+    require_admin_enabled()
     if not is_admin(bearer_token()):
         raise Unauthorized("send Authorization: Bearer <ADMIN_API_TOKEN>")

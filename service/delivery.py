@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 
 from flask import Response, current_app, request
 
-from .auth import bearer_token, is_admin
+from .auth import bearer_token, is_admin, require_admin_enabled
 from .errors import NonRetryable, ServiceUnavailable, Unauthorized
 from .extensions import get_config_report, get_engine, get_jobs, get_settings
 from .jobs import JOB_PATH_PREFIX, TARGET_HEADER, Delivery, Job, Trigger, run_job
@@ -157,6 +157,7 @@ def handle_direct(job: Job) -> Response:
     """Serve POST /api/cron/<job>: an admin bearer token or a QStash signature for this URL."""
     token = bearer_token()
     if token is not None:
+        require_admin_enabled()
         if not is_admin(token):
             raise Unauthorized("the bearer token is not ADMIN_API_TOKEN", code="invalid_token")
         return dispatch(job, "admin")

@@ -7,6 +7,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service import db
+from service.extensions import get_sessions
+from service.jobs import run_history
 from tests.conftest import AppFactory
 from tests.helpers import ADMIN_TOKEN, APP_URL, delivery_headers, job_body, mint
 
@@ -59,11 +61,16 @@ def test_admin_requires_the_token(client: FlaskClient, headers: dict[str, str]) 
     assert ADMIN_TOKEN not in response.get_data(as_text=True)
 
 
-def test_admin_is_disabled_without_a_token(make_app: AppFactory, env: dict[str, str]) -> None:
+@pytest.mark.parametrize(("method", "path"), [("GET", "/api/admin/job-runs"),
+                                              ("POST", "/api/cron/process-tasks")])
+def test_admin_is_disabled_without_a_token(make_app: AppFactory, env: dict[str, str],
+                                           method: str, path: str) -> None:
     del env["ADMIN_API_TOKEN"]
-    response = make_app(env).test_client().get("/api/admin/job-runs", headers=AUTH)
+    app = make_app(env)
+    response = app.test_client().open(path, method=method, headers=AUTH)
     assert response.status_code == 503
     assert response.get_json()["error"] == "admin_api_disabled"
+    assert run_history(get_sessions(app)) == []
 
 
 @pytest.mark.usefixtures("probes")
