@@ -8,13 +8,17 @@ say() {
         "$(printf '%s' "$2" | tr '\n' ' ' | sed 's/\\/\\\\/g; s/"/\\"/g')"
 }
 
-if ! flask db upgrade; then
-    say error "database migration failed; check DATABASE_URL and that the database is reachable"
+errors=$(mktemp)
+if ! flask db upgrade 2>"$errors"; then
+    # The command's last line says what failed: the database, or a setting it names.
+    reason=$(tail -n 1 "$errors" | sed 's/^Error: //')
+    cat "$errors" >&2
+    rm -f "$errors"
+    say error "start-up stopped at the database migration: $reason"
     exit 1
 fi
 
 status=0
-errors=$(mktemp)
 flask qstash update 2>"$errors" || status=$?
 reason=$(sed 's/^Error: //' "$errors")
 cat "$errors" >&2

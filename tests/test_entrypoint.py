@@ -104,7 +104,19 @@ def test_migration_failure_stops_the_container(env: dict[str, str]) -> None:
     result = entrypoint(env, *SERVED)
     assert result.returncode == 1
     assert "server started" not in result.stdout
-    assert "database migration failed" in entrypoint_lines(result.stdout)[0]["message"]
+    [line] = entrypoint_lines(result.stdout)
+    assert line["message"].startswith("start-up stopped at the database migration: ")
+    assert "check DATABASE_URL and that the database server is reachable" in line["message"]
+
+
+@pytest.mark.slow
+def test_a_bad_setting_stops_the_container_naming_it(env: dict[str, str]) -> None:
+    env["LOG_FORMAT"] = "xml"
+    result = entrypoint(env, *SERVED)
+    assert result.returncode == 1
+    assert "server started" not in result.stdout
+    [line] = entrypoint_lines(result.stdout)
+    assert "LOG_FORMAT" in line["message"] and "DATABASE_URL" not in line["message"]
 
 
 @pytest.mark.slow
