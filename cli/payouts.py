@@ -70,17 +70,9 @@ def _read(file: Path, fmt: Format) -> Iterator[tuple[int, Any]]:
     except UnicodeDecodeError:
         raise click.ClickException(f"{file.name} is not UTF-8 text") from None
     except csv.Error as exc:  # a field over the csv module's size limit
-        raise _unreadable(file, line, str(exc)) from None
-    except RecursionError:
-        raise _unreadable(file, line, "JSON nested too deeply") from None
-    except ValueError:  # json refuses integers longer than int() converts
-        raise _unreadable(file, line, "a JSON number too long") from None
-
-
-def _unreadable(file: Path, line: int, reason: str) -> click.ClickException:
-    where = f"the record after line {line}" if line else "the first record"
-    return click.ClickException(
-        f"{file.name}: cannot read {where} ({reason}); nothing was imported")
+        where = f"the record after line {line}" if line else "the first record"
+        raise click.ClickException(
+            f"{file.name}: cannot read {where} ({exc}); nothing was imported") from None
 
 
 @group.command("approve")

@@ -37,6 +37,12 @@ def read_records(path: Path, fmt: Format) -> Iterator[tuple[int, Any]]:
             except json.JSONDecodeError as exc:
                 yield number, UnreadableRow(message=f"not valid JSON ({exc.msg})")
                 continue
+            except RecursionError:
+                yield number, UnreadableRow(message="JSON nested too deeply")
+                continue
+            except ValueError:  # an integer longer than int() converts
+                yield number, UnreadableRow(message="a JSON number too long")
+                continue
             if not isinstance(record, dict):
                 yield number, UnreadableRow(message="not a JSON object")
                 continue
