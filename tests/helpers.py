@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from flask import Flask
+from sqlalchemy import select
 
+from service.extensions import get_sessions
+from service.models import JobRun
 from service.signature import qstash_claims, sign_claims
 
 APP_URL = "https://jobs.example.test"
@@ -75,3 +79,14 @@ def wait_until_live(url: str, process: subprocess.Popen[bytes], log: Path | None
             details = log.read_text() if log is not None else f"exit code {process.poll()}"
             raise AssertionError(f"{url} did not come up:\n{details}")
         time.sleep(0.1)
+
+
+def runs(app: Flask) -> list[JobRun]:
+    """The app's ledger, oldest run first."""
+    with get_sessions(app)() as session:
+        return list(session.scalars(select(JobRun).order_by(JobRun.started_at)))
+
+
+def executions(marker: Path) -> list[str]:
+    """The lines the probe jobs appended to their marker file: one per execution."""
+    return marker.read_text().splitlines() if marker.exists() else []

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
 from werkzeug.test import TestResponse
 
 from service.db import utcnow
@@ -18,18 +17,17 @@ from service.extensions import get_engine, get_jobs, get_sessions
 from service.jobs import Delivery, run_job
 from service.models import JobRun
 from tests.conftest import AppFactory
-from tests.helpers import APP_URL, RECEIVER_URL, delivery_headers, job_body, mint
+from tests.helpers import (
+    APP_URL,
+    RECEIVER_URL,
+    delivery_headers,
+    executions,
+    job_body,
+    mint,
+    runs,
+)
 
 pytestmark = pytest.mark.usefixtures("probes")
-
-
-def runs(app: Flask) -> list[JobRun]:
-    with get_sessions(app)() as session:
-        return list(session.scalars(select(JobRun).order_by(JobRun.started_at)))
-
-
-def executions(marker: Path) -> list[str]:
-    return marker.read_text().splitlines() if marker.exists() else []
 
 
 def deliver(client: FlaskClient, body: bytes, **options: Any) -> TestResponse:

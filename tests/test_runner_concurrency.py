@@ -10,25 +10,16 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, text
 from sqlalchemy.exc import IntegrityError
 
 from service.db import UTCDateTime, utcnow
 from service.extensions import get_engine, get_sessions
 from service.models import JobRun
-from tests.helpers import delivery_headers, job_body
+from tests.helpers import delivery_headers, executions, job_body, runs
 from tests.workers import deliver_in_fresh_process
 
 pytestmark = pytest.mark.usefixtures("probes")
-
-
-def executions(marker: Path) -> list[str]:
-    return marker.read_text().splitlines() if marker.exists() else []
-
-
-def all_runs(app: Flask) -> list[JobRun]:
-    with get_sessions(app)() as session:
-        return list(session.scalars(select(JobRun)))
 
 
 def test_same_message_from_many_threads_runs_once(app: Flask, marker: Path) -> None:
@@ -54,7 +45,7 @@ def test_same_message_from_many_threads_runs_once(app: Flask, marker: Path) -> N
     counts = Counter(statuses)
     assert counts[200] >= 1
     assert set(counts) <= {200, 503}
-    assert len(all_runs(app)) == 1
+    assert len(runs(app)) == 1
 
 
 def run_in_two_processes(env: dict[str, str], deliveries: list[tuple[bytes, dict[str, str]]]
@@ -77,7 +68,7 @@ def test_same_message_from_two_processes_runs_once(
     assert len(executions(marker)) == 1
     statuses = sorted(status for status, _ in results)
     assert statuses in ([200, 200], [200, 503])
-    assert len(all_runs(app)) == 1
+    assert len(runs(app)) == 1
 
 
 @pytest.mark.slow
@@ -91,7 +82,7 @@ def test_overlap_guard_holds_across_processes(
     assert [status for status, _ in results] == [200, 200]
     assert sorted(str(data["status"]) for _, data in results) == ["skipped", "succeeded"]
     assert len(executions(marker)) == 1
-    assert sorted(run.status for run in all_runs(app)) == ["skipped", "succeeded"]
+    assert sorted(run.status for run in runs(app)) == ["skipped", "succeeded"]
 
 
 def test_a_duplicate_arriving_while_its_run_finishes_waits_for_the_outcome(
@@ -127,7 +118,7 @@ def test_a_duplicate_arriving_while_its_run_finishes_waits_for_the_outcome(
     assert duplicate.get_json()["duplicate"] is True
     assert duplicate.get_json()["run_id"] == "finishing"
     assert executions(marker) == []
-    [run] = all_runs(app)
+    [run] = runs(app)
     assert run.status == "succeeded"
 
 
@@ -167,9 +158,9 @@ def test_a_retry_racing_a_new_run_for_the_job_is_recorded_as_skipped(
     retry = answers["retry"]
     assert retry.status_code == 200, retry.get_json()
     assert (retry.get_json()["status"], retry.get_json()["run_id"]) == ("skipped", "failed")
-    runs = {run.id: run for run in all_runs(app)}
-    assert (runs["failed"].status, runs["failed"].attempts) == ("skipped", 2)
-    assert runs["other"].status == "running"
+    by_id = {run.id: run for run in runs(app)}
+    assert (by_id["failed"].status, by_id["failed"].attempts) == ("skipped", 2)
+    assert by_id["other"].status == "running"
     assert executions(marker) == []
 
 
@@ -199,6 +190,6 @@ def test_claims_that_keep_colliding_answer_a_retryable_503_and_change_nothing(
     assert answer.headers["Retry-After"] == "5"
     assert len(settles) == 3
     assert "could not claim the run" in caplog.text
-    [run] = all_runs(app)
+    [run] = runs(app)
     assert (run.status, run.attempts) == ("failed", 1)
     assert executions(marker) == []
