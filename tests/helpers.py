@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import requests
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, text
 
-from service.extensions import get_sessions
+from service.extensions import get_engine, get_sessions
 from service.models import JobRun
 from service.signature import qstash_claims, sign_claims
 
@@ -90,3 +92,35 @@ def runs(app: Flask) -> list[JobRun]:
 def executions(marker: Path) -> list[str]:
     """The lines the probe jobs appended to their marker file: one per execution."""
     return marker.read_text().splitlines() if marker.exists() else []
+
+
+@contextlib.contextmanager
+def refusing(app: Flask, operation: str, table: str, *, when: str = "true") -> Iterator[None]:
+    """Make the database itself refuse matching writes to `table` while the block runs.
+
+    A trigger, so that the code under test meets a real database error where it writes, on
+    SQLite and on PostgreSQL alike. `when` is a condition on NEW, e.g. NEW.status = 'COMPLETED'.
+    """
+    engine = get_engine(app)
+    postgres = engine.dialect.name == "postgresql"
+    with engine.begin() as conn:
+        if postgres:
+            conn.execute(text(
+                "CREATE FUNCTION refused_by_test() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"))
+            conn.execute(text(
+                f"CREATE TRIGGER refused_by_test BEFORE {operation} ON {table} FOR EACH ROW"
+                f" WHEN ({when}) EXECUTE FUNCTION refused_by_test()"))
+        else:
+            conn.execute(text(
+                f"CREATE TRIGGER refused_by_test BEFORE {operation} ON {table} FOR EACH ROW"
+                f" WHEN {when} BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            if postgres:
+                conn.execute(text(f"DROP TRIGGER refused_by_test ON {table}"))
+                conn.execute(text("DROP FUNCTION refused_by_test()"))
+            else:
+                conn.execute(text("DROP TRIGGER refused_by_test"))

@@ -18,7 +18,7 @@ from service.notifications import DeliveryError, Notice
 from service.payouts import outbox
 from service.payouts.models import Notification
 from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer, outbox_rows
-from tests.helpers import ADMIN_TOKEN, free_port
+from tests.helpers import ADMIN_TOKEN, free_port, refusing
 from tests.notifications.conftest import HOST, RecordingHandler
 
 from .test_process_transfers import run
@@ -81,20 +81,16 @@ def test_upcoming_notices_are_queued_once_for_rows_due_in_one_to_two_days(app: F
 
 
 def test_notified_at_is_set_only_together_with_the_notice(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
+    app: Flask
 ) -> None:
     add_expert(app)
     row_id = add_transfer(app, due=timedelta(hours=36))
 
-    def broken(*args: Any, **kwargs: Any) -> bool:
-        raise RuntimeError("the outbox insert failed")
-
-    monkeypatch.setattr(outbox, "queue_notice", broken)
-    response = app.test_client().post("/api/cron/check-upcoming-payouts",
-                                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with refusing(app, "INSERT", "notifications"):  # the notice cannot be queued
+        response = app.test_client().post("/api/cron/check-upcoming-payouts",
+                                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert response.status_code == 500
     assert load_transfer(app, row_id).notified_at is None
-    monkeypatch.undo()
     assert run(app, "check-upcoming-payouts")["queued"] == 1
     assert load_transfer(app, row_id).notified_at is not None
 

@@ -21,7 +21,7 @@ from service.payouts.simulated import SimulatedPayoutProvider
 from service.payouts.transfers import PayoutPolicy, process_due_transfers
 from service.stripe_local import StripeLocal, StripeLocalServer
 from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer, outbox_rows
-from tests.helpers import ADMIN_TOKEN
+from tests.helpers import ADMIN_TOKEN, refusing
 
 from .conftest import ACCOUNT, API_KEY
 
@@ -285,19 +285,16 @@ def test_outcomes_are_bounded_and_problems_come_first(
 
 
 def test_a_run_that_crashes_leaves_its_claims_to_recovery(
-    make_app: AppFactory, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    make_app: AppFactory, env: dict[str, str]
 ) -> None:
     app = make_app({**env, "PAYOUT_CONCURRENCY": "2", "PAYOUT_SIMULATED_LATENCY_MS": "20"})
     add_expert(app)
     ids = [add_transfer(app) for _ in range(10)]
 
-    def database_gone(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("the database went away")
-
-    monkeypatch.setattr(transfers, "record", database_gone)
-    response = app.test_client().post("/api/cron/process-expert-transfers", headers=AUTH)
+    # The database refuses to record any payment: the run crashes with its claims held.
+    with refusing(app, "UPDATE", "payment_transfers", when="NEW.status = 'COMPLETED'"):
+        response = app.test_client().post("/api/cron/process-expert-transfers", headers=AUTH)
     assert response.status_code == 500
-    monkeypatch.undo()
     statuses = [load_transfer(app, i).status for i in ids]
     assert 0 < statuses.count("PROCESSING") <= 4  # one claim of 2 x concurrency
     with get_sessions(app).begin() as session:
