@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 
 from service import create_app, db, extensions
@@ -197,6 +197,13 @@ def load_transfer(app: Flask, transfer_id: int) -> Any:
     """Return the transfer row as it is in the database now."""
     with extensions.get_sessions(app)() as session:
         return session.get_one(PaymentTransfer, transfer_id)
+
+
+def age_claims(app: Flask) -> None:
+    """Let time pass: every claim still held becomes stale, as after PAYOUT_STALE_AFTER."""
+    with extensions.get_sessions(app).begin() as session:
+        session.execute(update(PaymentTransfer).where(PaymentTransfer.status == "PROCESSING")
+                        .values(claimed_at=utcnow() - timedelta(hours=1)))
 
 
 def outbox_rows(app: Flask) -> list[Any]:

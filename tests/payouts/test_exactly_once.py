@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 
 from service.db import utcnow
 from service.extensions import get_sessions
 from service.payouts.models import PaymentTransfer
 from service.stripe_local import StripeLocal, StripeLocalServer
-from tests.conftest import AppFactory, add_expert, outbox_rows
+from tests.conftest import AppFactory, add_expert, age_claims, outbox_rows
 
 from .conftest import ACCOUNT
 from .test_process_transfers import run, stripe_env
@@ -143,10 +143,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_pays_nothing_twice(
     before = Counter(status for status, _ in ledger(app).values())
     assert before["PROCESSING"] > 0, before
     assert before["COMPLETED"] > 0 and before["PENDING"] > 0, before
-    # Time passes: the dead run's claims become stale.
-    with get_sessions(app).begin() as session:
-        session.execute(update(PaymentTransfer).where(PaymentTransfer.status == "PROCESSING")
-                        .values(claimed_at=utcnow() - timedelta(hours=1)))
+    age_claims(app)  # time passes: the dead run's claims become stale
 
     maintenance = run(app, "process-tasks")
     assert (maintenance["recovered_completed"] + maintenance["recovered_released"]

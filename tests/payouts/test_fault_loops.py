@@ -6,7 +6,6 @@ import random
 import signal
 import time
 from collections import Counter
-from datetime import timedelta
 
 import pytest
 from flask import Flask
@@ -16,7 +15,7 @@ from service.db import utcnow
 from service.extensions import get_sessions
 from service.payouts.models import PaymentTransfer
 from service.stripe_local import StripeLocal, StripeLocalServer
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, age_claims
 
 from .test_exactly_once import (
     assert_paid_exactly_once,
@@ -31,13 +30,6 @@ pytestmark = pytest.mark.slow
 # `make reliability` raises these; the defaults keep the suite in seconds.
 KILL_ROUNDS = int(os.environ.get("KILL_ROUNDS", "3"))
 KILL_SEED = int(os.environ.get("KILL_SEED", str(int(time.time()))))
-
-
-def age_claims(app: Flask) -> None:
-    """Let time pass: every claim still held becomes stale, as after PAYOUT_STALE_AFTER."""
-    with get_sessions(app).begin() as session:
-        session.execute(update(PaymentTransfer).where(PaymentTransfer.status == "PROCESSING")
-                        .values(claimed_at=utcnow() - timedelta(hours=1)))
 
 
 def test_workers_killed_at_random_points_again_and_again_lose_and_double_nothing(

@@ -20,7 +20,14 @@ from service.payouts.provider import TransferRequest, TransferResult
 from service.payouts.simulated import SimulatedPayoutProvider
 from service.payouts.transfers import PayoutPolicy, process_due_transfers
 from service.stripe_local import StripeLocal, StripeLocalServer
-from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer, outbox_rows
+from tests.conftest import (
+    AppFactory,
+    add_expert,
+    add_transfer,
+    age_claims,
+    load_transfer,
+    outbox_rows,
+)
 from tests.helpers import ADMIN_TOKEN, refusing
 
 from .conftest import ACCOUNT, API_KEY
@@ -297,9 +304,7 @@ def test_a_run_that_crashes_leaves_its_claims_to_recovery(
     assert response.status_code == 500
     statuses = [load_transfer(app, i).status for i in ids]
     assert 0 < statuses.count("PROCESSING") <= 4  # one claim of 2 x concurrency
-    with get_sessions(app).begin() as session:
-        session.execute(update(PaymentTransfer).where(PaymentTransfer.status == "PROCESSING")
-                        .values(claimed_at=utcnow() - timedelta(hours=1)))
+    age_claims(app)
 
     maintenance = run(app, "process-tasks")
     assert (maintenance["recovered_completed"] + maintenance["recovered_released"]
