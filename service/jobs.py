@@ -260,6 +260,14 @@ def _processor(kind: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any]:
 
 
 @dataclass(frozen=True)
+class _InProgress:
+    """An earlier attempt of the message still runs: answered 503 once the transaction ends."""
+
+    run_id: str
+    retry_after: int
+
+
+@dataclass(frozen=True)
 class _Busy:
     """The job's running run holds it: this delivery's run was recorded as not run."""
 
@@ -289,6 +297,12 @@ def _start(conn: Connection, job: Job, delivery: Delivery) -> tuple[str, int] | 
         except IntegrityError:
             # PostgreSQL: a concurrent delivery claimed the message or the job meanwhile.
             continue
+        if isinstance(claim, _InProgress):
+            raise ServiceUnavailable(
+                f"an earlier attempt of message {delivery.message_id} is still running",
+                code="attempt_in_progress", retry_after=claim.retry_after,
+                extra={"run_id": claim.run_id},
+            )
         return _blocked(job, claim.run_id) if isinstance(claim, _Busy) else claim
     log.warning("could not claim the run: concurrent deliveries kept changing the job's state;"
                 " answering 503 so that QStash retries")
@@ -319,7 +333,7 @@ def _blocked_status(job: Job) -> str:
 
 def _settle(
     conn: Connection, job: Job, delivery: Delivery, run_id: str, now: datetime
-) -> tuple[str, int] | RunOutcome | _Busy:
+) -> tuple[str, int] | RunOutcome | _Busy | _InProgress:
     """Report the run this delivery's message already has, or start or block a run for it."""
     existing = None
     if delivery.message_id is not None:
@@ -333,23 +347,21 @@ def _settle(
                 "a message cannot target two jobs",
                 code="replayed_message",
             )
+        # Answered without a run, the request's token is still spent: replayed under another
+        # message id, it must not start one.
         if existing.status in ("succeeded", "skipped"):
+            _spend(conn, delivery, existing.id, now)
             return RunOutcome(job=job.name, run_id=existing.id, status=existing.status,
                               duplicate=True, result=existing.result, reason=existing.error)
         if existing.status == "running" and existing.expires_at > now:
+            _spend(conn, delivery, existing.id, now)
             wait = int((existing.expires_at - now).total_seconds()) + 1
-            raise ServiceUnavailable(
-                f"an earlier attempt of message {delivery.message_id} is still running",
-                code="attempt_in_progress",
-                retry_after=max(1, min(wait, 300)),
-                extra={"run_id": existing.id},
-            )
-    if delivery.token_id is not None and conn.execute(
-            _TOKEN_SPENT, {"token_id": delivery.token_id}).scalar():
-        log.warning("rejected request: its signature already started a run",
+            return _InProgress(existing.id, retry_after=max(1, min(wait, 300)))
+    if _spent(conn, delivery):
+        log.warning("rejected request: its signature was already used",
                     extra={"event": {"check": "replayed_signature"}})
         raise Unauthorized(
-            "this signed request was already delivered; a QStash signature starts one run only",
+            "this signed request was already delivered; a QStash signature is acted on once",
             code="replayed_signature",
         )
     # A running run past its lease has lost its worker: it ends as failed and frees the job.
@@ -394,9 +406,7 @@ def _write_run(conn: Connection, job: Job, delivery: Delivery, existing: Row[Any
                                           job=job.name, schedule_id=delivery.schedule_id,
                                           token_id=delivery.token_id, **values))
         return
-    if delivery.token_id is not None:
-        conn.execute(insert(_tokens).values(token_id=delivery.token_id, run_id=run_id,
-                                            used_at=values["started_at"]))
+    _spend(conn, delivery, run_id, values["started_at"])
     taken = conn.execute(update(_runs)
                          .where(_runs.c.id == run_id, _runs.c.attempts == existing.attempts)
                          .values(**values))
@@ -406,6 +416,19 @@ def _write_run(conn: Connection, job: Job, delivery: Delivery, existing: Row[Any
             code="attempt_in_progress",
             retry_after=5,
         )
+
+
+def _spent(conn: Connection, delivery: Delivery) -> bool:
+    """Tell whether the request's token already went to a run (this message's or another's)."""
+    return delivery.token_id is not None and bool(
+        conn.execute(_TOKEN_SPENT, {"token_id": delivery.token_id}).scalar())
+
+
+def _spend(conn: Connection, delivery: Delivery, run_id: str, now: datetime) -> None:
+    """Record the request's token as used by this run, so that it can start no other."""
+    if delivery.token_id is not None and not _spent(conn, delivery):
+        conn.execute(insert(_tokens).values(token_id=delivery.token_id, run_id=run_id,
+                                            used_at=now))
 
 
 def _execute(

@@ -299,6 +299,28 @@ def test_no_signed_request_of_a_retried_message_can_start_another_run(
     assert (run.message_id, run.attempts, run.status) == ("msg_f", 2, "succeeded")
 
 
+def test_a_request_answered_without_a_run_cannot_start_one_later(
+    app: Flask, client: FlaskClient, marker: Path
+) -> None:
+    body = probe_body(marker)
+    assert deliver(client, body, message_id="msg_d").status_code == 200
+    # QStash's retry of a finished message gets the stored outcome...
+    repeat = delivery_headers(body, target="/api/cron/probe", message_id="msg_d", retried=1)
+    assert replay(client, repeat, body, message_id="msg_d").get_json()["duplicate"] is True
+    # ...and its token, replayed under another message id, runs nothing.
+    replayed = replay(client, repeat, body, message_id="msg_other")
+    assert (replayed.status_code, replayed.get_json()["error"]) == (401, "replayed_signature")
+    # The same for a retry answered 503 while the first attempt still runs.
+    hold_job(app, "probe", expires_in=timedelta(minutes=5), run_id="held")  # msg_held
+    early = delivery_headers(body, target="/api/cron/probe", message_id="msg_held", retried=1)
+    assert replay(client, early, body,
+                  message_id="msg_held").get_json()["error"] == "attempt_in_progress"
+    finish(app, "held")
+    replayed = replay(client, early, body, message_id="msg_third")
+    assert (replayed.status_code, replayed.get_json()["error"]) == (401, "replayed_signature")
+    assert len(executions(marker)) == 1
+
+
 def test_a_token_without_jti_is_accepted(client: FlaskClient, marker: Path) -> None:
     body = probe_body(marker)
     response = deliver(client, body, jti=None)

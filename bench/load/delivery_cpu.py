@@ -86,7 +86,7 @@ def service(database_url: str, log_path: Path) -> Iterator[Any]:
 def measure(database_url: str, count: int, rounds: int,
             workdir: Path) -> dict[str, float]:
     # A token per delivery, minted before the clock starts: the service refuses a token that
-    # already started a run. The signature part checks the same token again and again.
+    # was already used. The signature part checks the same token again and again.
     tokens = [sign_claims(qstash_claims(url=APP_URL + "/api/qstash", body=BODY),
                           DEV_CURRENT_SIGNING_KEY) for _ in range(count * rounds + 200)]
     token = tokens[0]

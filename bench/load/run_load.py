@@ -383,7 +383,7 @@ def mint_tokens(deliveries: Deliveries, *, count: int, threads: int,
                 folder: Path) -> dict[str, str]:
     """Sign `count` tokens, one per delivery, into a file per wrk thread; return the settings.
 
-    The service refuses a token that already started a run (replay protection), so, as QStash
+    The service refuses a token it has already seen (replay protection), so, as QStash
     does, every delivery carries a token of its own (its own `jti`).
     """
     per_thread = math.ceil(count / threads)
