@@ -84,8 +84,9 @@ def test_database_vanishing_mid_run_is_retryable_and_the_retry_completes(
     assert early.get_json()["error"] == "attempt_in_progress"
 
     time.sleep(max(0.0, (run.expires_at.timestamp() - time.time())) + 0.2)
-    retry = app.test_client().post("/api/qstash", data=body,
-                                   headers={**headers, "Upstash-Retried": "1"})
+    # QStash signs every attempt anew.
+    retry = app.test_client().post("/api/qstash", data=body, headers=delivery_headers(
+        body, target="/api/cron/probe-short", message_id="msg_fault", retried=1))
     assert retry.status_code == 200, retry.get_json()
     assert retry.get_json()["status"] == "succeeded"
     with get_sessions(app)() as session:
