@@ -8,7 +8,7 @@ from service.extensions import get_health_cache, get_jobs, get_sessions
 from service.health import qstash_health
 from service.jobs import run_history
 from service.models import RUN_STATUSES
-from service.payouts.ledger import whole_number
+from service.parsing import whole_number
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
 bp.before_request(require_admin)

@@ -13,13 +13,14 @@ from .auth import bearer_token, is_admin, require_admin_enabled
 from .errors import NonRetryable, ServiceUnavailable, Unauthorized
 from .extensions import get_config_report, get_engine, get_jobs, get_settings
 from .jobs import JOB_PATH_PREFIX, TARGET_HEADER, Delivery, Job, Trigger, run_job
+from .parsing import whole_number
 from .settings import SIGNING_KEY_VARS
 from .signature import SignatureRejected, verify_signature
 
 log = logging.getLogger("eleva.delivery")
 
 MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-RETRIED_RE = re.compile(r"[0-9]{1,6}")
+MAX_RETRIED = 999_999
 
 
 def public_url(path: str) -> str:
@@ -114,8 +115,7 @@ def delivery_from_request(job: Job, trigger: Trigger, token_id: str | None = Non
     if message_id is not None and not MESSAGE_ID_RE.fullmatch(message_id):
         raise NonRetryable("Upstash-Message-Id is not a valid id", code="invalid_message_id")
     # Informational only, and not signed: a value that is not a plausible count is ignored.
-    retried_header = request.headers.get("Upstash-Retried", "0")
-    retried = int(retried_header) if RETRIED_RE.fullmatch(retried_header) else 0
+    retried = whole_number(request.headers.get("Upstash-Retried", "0"), maximum=MAX_RETRIED) or 0
     payload = parse_payload(request.get_data(cache=True))
     named = payload.get("job")
     if named is not None and named != job.name:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import rowcount, utcnow
 from service.errors import AppError, ValidationFailed
+from service.parsing import whole_number
 
 from .models import Expert, PaymentTransfer
 from .rules import (
@@ -34,9 +35,6 @@ ACCOUNT_RE: Final = re.compile(r"acct_[A-Za-z0-9]{1,250}")
 COUNTRY_RE: Final = re.compile(r"[A-Za-z]{2}")
 CURRENCY_RE: Final = re.compile(r"[A-Za-z]{3}")
 EMAIL_RE: Final = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-# Plain ASCII digits (str.isdigit() also accepts "²", which int() refuses), few enough that
-# int() is cheap; the caller's maximum bounds the value.
-DIGITS_RE: Final = re.compile(r"[0-9]{1,18}")
 MAX_PRICE: Final = 10**11
 MAX_LIST_LIMIT: Final = 500
 # payment_transfers.id is an INTEGER column: 32-bit on PostgreSQL.
@@ -44,14 +42,6 @@ MAX_TRANSFER_ID: Final = 2**31 - 1
 MAX_APPROVER_LENGTH: Final = 128
 TRUE_WORDS: Final = frozenset({"true", "1", "yes"})
 FALSE_WORDS: Final = frozenset({"false", "0", "no"})
-
-
-def whole_number(text: str, *, maximum: int) -> int | None:
-    """Return `text` as an integer from 0 to `maximum`, or None if it is anything else."""
-    if not DIGITS_RE.fullmatch(text):
-        return None
-    value = int(text)
-    return value if value <= maximum else None
 
 
 def is_single_line(text: str) -> bool:

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Final, Literal
 
+from service.parsing import whole_number
+
 TransferStatus = Literal["PENDING", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]
 PENDING: Final = "PENDING"
 PROCESSING: Final = "PROCESSING"
@@ -37,7 +39,6 @@ MAX_DELAY_DAYS: Final = 365
 EARLIEST_INSTANT: Final = datetime(1970, 1, 1, tzinfo=UTC)
 END_OF_INSTANTS: Final = datetime(3000, 1, 1, tzinfo=UTC)
 _COUNTRY_RE: Final = re.compile(r"[A-Z]{2}")
-_DAYS_RE: Final = re.compile(r"[0-9]{1,9}")
 
 
 class InvalidTransition(ValueError):
@@ -93,11 +94,10 @@ def parse_delay_table(text: str) -> DelayTable:
             continue
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
-        if not sep or not _DAYS_RE.fullmatch(value):
-            raise ValueError(f"{item!r} is not COUNTRY=DAYS (whole days, e.g. US=2)")
-        count = int(value)
-        if count > MAX_DELAY_DAYS:
-            raise ValueError(f"{item!r}: at most {MAX_DELAY_DAYS} days")
+        count = whole_number(value, maximum=MAX_DELAY_DAYS) if sep else None
+        if count is None:
+            raise ValueError(f"{item!r} is not COUNTRY=DAYS (whole days, at most "
+                             f"{MAX_DELAY_DAYS}, e.g. US=2)")
         if key.lower() == DEFAULT_DELAY_KEY:
             if default is not None:
                 raise ValueError("default is given twice")
