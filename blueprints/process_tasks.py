@@ -45,7 +45,7 @@ def process_tasks(ctx: JobContext) -> Mapping[str, Any]:
         pruned_runs = rowcount(session.execute(
             delete(JobRun).where(JobRun.status != "running", JobRun.started_at < run_cutoff)
         ))
-        # Tokens of retried attempts: long expired, they can no longer be replayed anyway.
+        # Tokens used this long ago have expired: they can no longer be replayed anyway.
         session.execute(delete(DeliveryToken).where(DeliveryToken.used_at < run_cutoff))
     pruned_notices = outbox.prune_sent(
         engine, sent_before=utcnow() - timedelta(days=settings.retention_notifications_days))

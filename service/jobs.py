@@ -184,8 +184,8 @@ def run_job(app: Flask, engine: Engine, job: Job, delivery: Delivery) -> RunOutc
 # run per job, so claiming the message and the job is one INSERT, and recording the outcome
 # releases the job. Each hot-path statement is its own transaction (autocommit): one round trip
 # on PostgreSQL, and SQLite's writer lock is held only while the statement runs.
-# Both also do nothing when the request's signature already started an attempt (a replay):
-# its token id is then in job_runs (uq_job_runs_token_id) or in delivery_tokens.
+# Both also do nothing when the request's token was already used (a replay): its id is then
+# in job_runs (uq_job_runs_token_id) or in delivery_tokens.
 _UNSPENT = " NOT EXISTS (SELECT 1 FROM delivery_tokens WHERE token_id = :token_id)"
 _CLAIM_RUN = (  # nothing when the message already has a run or the job has a running run
     "INSERT INTO job_runs (id, message_id, job, schedule_id, retried, attempts, trigger,"

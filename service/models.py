@@ -24,8 +24,8 @@ class JobRun(Base):
         Index("uq_job_runs_running_job", "job", unique=True,
               sqlite_where=text("status = 'running'"),
               postgresql_where=text("status = 'running'")),
-        # A signed request starts at most one attempt: replaying it under another message id
-        # (the message id header is not signed) is refused. Later attempts: DeliveryToken.
+        # A signed request is acted on once: replaying it under another message id (the
+        # message id header is not signed) is refused. Other tokens used: DeliveryToken.
         Index("uq_job_runs_token_id", "token_id", unique=True),
     )
 
@@ -66,7 +66,11 @@ class JobRun(Base):
 
 
 class DeliveryToken(Base):
-    """The `jti` of a signed request that started a later attempt of a run (a QStash retry)."""
+    """The `jti` of a signed request acted on for a run it did not start.
+
+    A later attempt (a QStash retry), or a delivery answered with the stored outcome or as
+    still running: either way the token may not start another run.
+    """
 
     __tablename__ = "delivery_tokens"
 
