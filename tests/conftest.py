@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -31,13 +33,11 @@ SETTING_PREFIXES = (
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On the PostgreSQL pass (TEST_DATABASE_URL set), run only the tests on the test database.
 
-    Tests marked `postgres` need PostgreSQL itself and run only in that pass.
-
     They are the ones that use the `database_url` fixture, directly or through `env`, `app`,
-    `client` or `runner`; the others do not depend on it and ran in the SQLite pass.
+    `client` or `runner`; the others do not depend on it and ran in the SQLite pass. Tests
+    marked `postgres` need PostgreSQL itself and run only in that pass.
     """
     if not os.environ.get("TEST_DATABASE_URL"):
-        # Tests that need PostgreSQL itself (marked `postgres`) run in its pass only.
         postgres = [item for item in items if item.get_closest_marker("postgres")]
         config.hook.pytest_deselected(items=postgres)
         items[:] = [item for item in items if not item.get_closest_marker("postgres")]
@@ -130,6 +130,25 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def runner(app: Flask) -> FlaskCliRunner:
     return app.test_cli_runner()
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    """Everything logged through the root logger; add service_log(captured) for the service's
+    own handler."""
+    stream = io.StringIO()
+    root_handler = logging.StreamHandler(stream)
+    logging.getLogger().addHandler(root_handler)
+    yield stream
+    logging.getLogger().removeHandler(root_handler)
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record the QStash client's retry waits instead of sleeping through them."""
+    waits: list[float] = []
+    monkeypatch.setattr("service.qstash_api.wait", waits.append)
+    return waits
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import socket
 import subprocess
 import time
@@ -124,3 +126,12 @@ def refusing(app: Flask, operation: str, table: str, *, when: str = "true") -> I
                 conn.execute(text("DROP FUNCTION refused_by_test()"))
             else:
                 conn.execute(text("DROP TRIGGER refused_by_test"))
+
+
+def service_log(stream: io.StringIO | None = None) -> io.StringIO:
+    """Send the service's own log handler (LOG_FORMAT lines) to a stream; return the stream."""
+    stream = stream or io.StringIO()
+    [handler] = [h for h in logging.getLogger("eleva").handlers if h.get_name() == "eleva"]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(stream)
+    return stream

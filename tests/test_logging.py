@@ -2,23 +2,26 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import AppFactory
-from tests.helpers import ADMIN_TOKEN, CURRENT_KEY, NEXT_KEY, delivery_headers, job_body, mint
+from tests.helpers import (
+    ADMIN_TOKEN,
+    CURRENT_KEY,
+    NEXT_KEY,
+    delivery_headers,
+    job_body,
+    mint,
+    service_log,
+)
 
 
 @pytest.fixture
 def log_lines(app: Flask) -> io.StringIO:
-    stream = io.StringIO()
-    [handler] = [h for h in logging.getLogger("eleva").handlers if h.get_name() == "eleva"]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(stream)
-    return stream
+    return service_log()
 
 
 def parsed(stream: io.StringIO) -> list[dict[str, object]]:
@@ -66,10 +69,7 @@ def test_unconfigured_receiver_logs_which_variables_to_fix(
 ) -> None:
     del env["QSTASH_NEXT_SIGNING_KEY"]
     app = make_app(env)
-    stream = io.StringIO()
-    [handler] = [h for h in logging.getLogger("eleva").handlers if h.get_name() == "eleva"]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(stream)
+    stream = service_log()
     app.test_client().post("/api/qstash", data=b"{}")
     [line] = parsed(stream)
     assert line["level"] == "error"

@@ -4,7 +4,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from click.testing import Result
 from flask import Flask
 from qstash import QStash
@@ -27,14 +26,6 @@ def sdk(server: RunningServer) -> QStash:
 
 def calls(local: LocalQStash) -> list[tuple[str, str]]:
     return list(local.api_calls)
-
-
-@pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record the retry waits instead of sleeping through them."""
-    waits: list[float] = []
-    monkeypatch.setattr("service.qstash_api.wait", waits.append)
-    return waits
 
 
 def test_update_creates_every_schedule_as_declared(

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import hmac
 import io
-import logging
 from collections.abc import Iterator
 
 import pytest
@@ -12,7 +11,7 @@ from pytest_mock import MockerFixture
 from service.qstash_local import LocalQStash, LocalQStashConfig, serve
 from service.signature import body_hash, qstash_claims, sign_claims
 from tests.conftest import AppFactory
-from tests.helpers import APP_URL, RECEIVER_URL, delivery_headers, job_body
+from tests.helpers import APP_URL, RECEIVER_URL, delivery_headers, job_body, service_log
 
 pytestmark = pytest.mark.usefixtures("probes")
 
@@ -25,25 +24,13 @@ SECRETS = {
 
 
 @pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    """Everything the service logs, through its own handler and the root logger."""
-    stream = io.StringIO()
-    root_handler = logging.StreamHandler(stream)
-    logging.getLogger().addHandler(root_handler)
-    yield stream
-    logging.getLogger().removeHandler(root_handler)
-
-
-@pytest.fixture
 def secret_app(make_app: AppFactory, env: dict[str, str], captured: io.StringIO
                ) -> Iterator[tuple[Flask, LocalQStash]]:
     local = LocalQStash(LocalQStashConfig(token=SECRETS["QSTASH_TOKEN"],
                                           allow_remote_destinations=True))
     with serve(local) as server:
         app = make_app({**env, **SECRETS, "QSTASH_URL": server.url})
-        [handler] = [h for h in logging.getLogger("eleva").handlers if h.get_name() == "eleva"]
-        assert isinstance(handler, logging.StreamHandler)
-        handler.setStream(captured)
+        service_log(captured)
         yield app, local
 
 
