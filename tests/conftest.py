@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 
 from service import create_app, db, extensions
@@ -216,6 +216,12 @@ def load_transfer(app: Flask, transfer_id: int) -> Any:
     """Return the transfer row as it is in the database now."""
     with extensions.get_sessions(app)() as session:
         return session.get_one(PaymentTransfer, transfer_id)
+
+
+def row_count(app: Flask, model: type[Any]) -> int:
+    """Count the rows of a model's table."""
+    with extensions.get_sessions(app)() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
 def age_claims(app: Flask) -> None:

@@ -135,3 +135,11 @@ def test_direct_cron_endpoint_refuses_everything_else(
     assert response.get_json()["error"] == code
     runs = client.get("/api/admin/job-runs", headers=AUTH).get_json()["runs"]
     assert runs == []
+
+
+@pytest.mark.parametrize("limit", ["%C2%B2", "99999999999999999999", "501", "0"])
+def test_job_runs_refuses_a_bad_limit(client: FlaskClient, limit: str) -> None:
+    response = client.get(f"/api/admin/job-runs?limit={limit}", headers=AUTH)
+    assert response.status_code == 422
+    assert response.get_json()["error"] == "validation_failed"
+    assert set(response.get_json()["fields"]) == {"limit"}

@@ -7,11 +7,11 @@ import pytest
 from click.testing import Result
 from flask import Flask
 from flask.testing import FlaskCliRunner
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from service.extensions import get_sessions
 from service.payouts.models import Expert, PaymentTransfer
-from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer
+from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer, row_count
 from tests.helpers import ADMIN_TOKEN
 
 EXPERTS_CSV = """id,email,first_name,country,stripe_account_id,payouts_enabled
@@ -26,11 +26,6 @@ exp_ana,pi_a1,ch_a1,10000,eur,2025-02-21T09:00:00Z,2025-02-21T10:00:00Z,2025-02-
 exp_emily,pi_e1,,9900,USD,2025-02-21T09:00:00Z,2025-02-21T10:00:00Z,2025-02-20T17:30:00Z,false
 exp_ana,pi_a2,,12000,eur,2025-02-22T09:00:00Z,2025-02-22T10:00:00Z,2025-02-20T17:30:00Z,true
 """
-
-
-def transfer_count(app: Flask) -> int:
-    with get_sessions(app)() as session:
-        return int(session.scalar(select(func.count()).select_from(PaymentTransfer)) or 0)
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
@@ -65,7 +60,7 @@ def test_import_csv_all_rows(app: Flask, runner: FlaskCliRunner, tmp_path: Path)
 
     again = runner.invoke(args=["payouts", "import", path])
     assert "imported 0 new transfer(s); 3 already registered" in again.output
-    assert transfer_count(app) == 3
+    assert row_count(app, PaymentTransfer) == 3
 
 
 def test_import_refuses_the_whole_file_listing_every_problem(
@@ -104,7 +99,7 @@ def test_import_refuses_the_whole_file_listing_every_problem(
                      "line 7: price:", "line 7: currency:", "line 7: session_start_at: required",
                      "line 7: paid_at: required"):
         assert expected in output, expected
-    assert transfer_count(app) == 1
+    assert row_count(app, PaymentTransfer) == 1
     assert load_transfer(app, registered).amount == 8500
 
 
@@ -128,9 +123,9 @@ def test_demo_seed_covers_every_state(app: Flask, runner: FlaskCliRunner) -> Non
     assert {(True, False), (True, True), (False, False)} <= approvals
     assert "already present" in runner.invoke(args=["demo", "seed"]).output
     assert "nothing seeded" in runner.invoke(args=["demo", "seed", "--if-empty"]).output
-    count = transfer_count(app)
+    count = row_count(app, PaymentTransfer)
     reseeded = runner.invoke(args=["demo", "seed", "--reset"])
-    assert reseeded.exit_code == 0 and transfer_count(app) == count
+    assert reseeded.exit_code == 0 and row_count(app, PaymentTransfer) == count
 
     # The seeded ledger is one every job can work on.
     client = app.test_client()
@@ -161,11 +156,6 @@ def test_approve_and_summary(app: Flask, runner: FlaskCliRunner) -> None:
     assert "PENDING=1" in summary.output and "COMPLETED=0" in summary.output
 
 
-def expert_count(app: Flask) -> int:
-    with get_sessions(app)() as session:
-        return int(session.scalar(select(func.count()).select_from(Expert)) or 0)
-
-
 def failed_cleanly(result: Result) -> str:
     """Return the output of a command that failed with a click error, not a traceback."""
     assert result.exit_code == 1, result.output
@@ -189,7 +179,7 @@ exp_ana,pi_4,,10000,eur,2025-02-21T09:00:00Z,2025-02-21T10:00:00Z,2025-02-20T17:
                      "line 3: paid_at: must be from", "line 4: price: must be a whole number",
                      "4 problem(s) in t.csv; nothing was imported"):
         assert expected in output, expected
-    assert transfer_count(app) == 0
+    assert row_count(app, PaymentTransfer) == 0
 
 
 def test_import_refuses_text_that_cannot_be_stored(
@@ -205,7 +195,7 @@ def test_import_refuses_text_that_cannot_be_stored(
     for expected in ("line 1: email:", "line 2: email:", "line 3: first_name:",
                      "3 problem(s) in e.jsonl"):
         assert expected in output, expected
-    assert expert_count(app) == 0
+    assert row_count(app, Expert) == 0
 
 
 def test_import_reports_an_unreadable_file_in_one_line(
@@ -217,7 +207,7 @@ def test_import_reports_an_unreadable_file_in_one_line(
                                                 write(tmp_path, "t.csv", text)]))
     assert "Error: t.csv: cannot read the first record (field larger than field limit" in output
     assert "nothing was imported" in output
-    assert transfer_count(app) == 0
+    assert row_count(app, PaymentTransfer) == 0
 
 
 def test_import_lists_json_lines_it_cannot_parse(
@@ -231,7 +221,7 @@ def test_import_lists_json_lines_it_cannot_parse(
     assert "line 2: line: JSON nested too deeply" in output
     assert "line 3: line: a JSON number too long" in output
     assert "problem(s) in t.jsonl; nothing was imported" in output
-    assert transfer_count(app) == 0
+    assert row_count(app, PaymentTransfer) == 0
 
 
 @pytest.mark.parametrize(("args", "expected"), [
