@@ -44,6 +44,7 @@ TARGET_HEADER = "X-Qstash-Target-Url"  # forwarded by schedules as Upstash-Forwa
 LEASE_GRACE = timedelta(seconds=30)
 # Share of the job's timeout a run may spend claiming new work; the rest is headroom to finish.
 BUDGET_SHARE = 0.8
+MAX_STORED_ERROR = 500  # characters of a failed run's error kept in job_runs.error
 
 
 class JobError(Exception):
@@ -451,15 +452,15 @@ def _execute(
         result = dict(job.handler(context))
         json.dumps(result)  # fail here, not at commit, if the handler returned non-JSON data
     except JobError as exc:
-        _finish(conn, job, run_id, attempts, status="failed", error=f"{exc.code}: {exc}",
-                started=started)
+        _finish(conn, job, run_id, attempts, status="failed",
+                error=_stored_error(app, f"{exc.code}: {exc}"), started=started)
         log.warning("run failed: %s", exc, extra={"event": {"retryable": exc.retryable}})
         if not exc.retryable:
             raise NonRetryable(str(exc), code=exc.code, extra={"run_id": run_id}) from exc
         raise AppError(str(exc), code=exc.code, status=500, extra={"run_id": run_id}) from exc
     except Exception as exc:
         _finish(conn, job, run_id, attempts, status="failed",
-                error=f"{type(exc).__name__}: {str(exc)[:500]}", started=started)
+                error=_stored_error(app, f"{type(exc).__name__}: {exc}"), started=started)
         log.exception("run crashed; QStash will retry")
         raise AppError(f"job {job.name} failed; see the logs for run {run_id}",
                        code="job_failed", status=500, extra={"run_id": run_id}) from exc
@@ -467,6 +468,13 @@ def _execute(
     log.info("run succeeded", extra={"event": {"result": result}})
     return RunOutcome(job=job.name, run_id=run_id, status="succeeded", duplicate=False,
                       result=result)
+
+
+def _stored_error(app: Flask, text: str) -> str:
+    """A failed run's error as job_runs keeps it and the admin API shows it: no secrets."""
+    from .extensions import get_settings  # extensions builds on this module
+
+    return get_settings(app).scrub(text)[:MAX_STORED_ERROR]
 
 
 def _finish(

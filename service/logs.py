@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from flask import Flask, Response, g, request
@@ -70,6 +70,18 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
+class ScrubbingFormatter(logging.Formatter):
+    """Format with another formatter, then take secrets out of the line (Settings.scrub)."""
+
+    def __init__(self, inner: logging.Formatter, scrub: Callable[[str], str]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.scrub = scrub
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.scrub(self.inner.format(record))
+
+
 def configure_logging(settings: Settings) -> None:
     """Send the service's logs to stdout, one JSON object per line unless LOG_FORMAT=text."""
     handler = logging.StreamHandler(sys.stdout)
@@ -78,7 +90,7 @@ def configure_logging(settings: Settings) -> None:
     formatter: logging.Formatter = (
         JsonFormatter(settings.service_name) if settings.log_format == "json" else TextFormatter()
     )
-    handler.setFormatter(formatter)
+    handler.setFormatter(ScrubbingFormatter(formatter, settings.scrub))
     logger = logging.getLogger("eleva")
     # Replace our own handler only, so repeated factory calls (tests, CLI) do not stack handlers.
     for existing in list(logger.handlers):

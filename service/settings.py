@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigurationError
+from .payouts.provider import redact_secrets
 from .payouts.rules import DEFAULT_DELAY_DAYS, DelayTable, parse_delay_table
 
 AppEnv = Literal["development", "staging", "production"]
@@ -24,6 +27,10 @@ SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 URL_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # Field metadata: repr shows the value through redact_url.
 URL = {"url": True}
+REDACTED = "[redacted]"
+# Configured secrets shorter than this are not scrubbed from text: replacing every occurrence of
+# a two-letter password would garble the logs and hide nothing.
+MIN_SCRUBBED_SECRET = 6
 T = TypeVar("T", bound=str)
 
 
@@ -91,6 +98,30 @@ class Settings:
                 value = redact_url(value)
             shown.append(f"{f.name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
+
+    @functools.cached_property
+    def _secret_forms(self) -> tuple[str, ...]:
+        values = {self.qstash_token, self.qstash_current_signing_key,
+                  self.qstash_next_signing_key, self.admin_api_token, self.stripe_secret_key}
+        for url in (self.database_url, self.smtp_url):
+            for password in _url_passwords(url):
+                values |= {password, unquote(password)}
+        forms = set()
+        for value in values:
+            if value and len(value) >= MIN_SCRUBBED_SECRET:
+                forms |= {value, json.dumps(value)[1:-1]}  # as written, and inside JSON text
+        return tuple(sorted(forms, key=len, reverse=True))
+
+    def scrub(self, text: str) -> str:
+        """Return text without the configured secrets, API keys or authorization credentials.
+
+        Applied to every log line and to the error a failed run stores, so that an exception
+        whose message quotes a token, a key or a database password does not carry it further.
+        """
+        for secret in self._secret_forms:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return redact_secrets(text)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -231,6 +262,18 @@ class Settings:
             retention_job_runs_days=integer("RETENTION_JOB_RUNS_DAYS", 30, minimum=1),
             retention_notifications_days=integer("RETENTION_NOTIFICATIONS_DAYS", 90, minimum=1),
         )
+
+
+def _url_passwords(url: str | None) -> set[str]:
+    """The password of a URL as its parser reads it, and as cut at the last '@' (redact_url)."""
+    if not url or not (match := URL_SCHEME_RE.match(url)):
+        return set()
+    found = {url[match.end():].rpartition("@")[0].partition(":")[2]}
+    try:
+        found.add(urlsplit(url).password or "")
+    except ValueError:
+        pass
+    return found - {""}
 
 
 def _at_after_authority(url: str) -> bool:

@@ -27,7 +27,7 @@ def probe(ctx: JobContext) -> Mapping[str, Any]:
     if action == "permanent":
         raise PermanentJobError("the probe was asked to fail for good", code="probe_refused")
     if action == "crash":
-        raise RuntimeError("unexpected probe crash")
+        raise RuntimeError(payload.get("message", "unexpected probe crash"))
     return {"echo": payload.get("echo"), "retried": ctx.retried}
 
 

@@ -80,6 +80,32 @@ def test_no_secret_reaches_a_log_line_or_a_response(
         assert token.split(".")[2] not in everything
 
 
+def test_an_exception_quoting_secrets_leaves_them_out_of_logs_and_the_run_record(
+    secret_app: tuple[Flask, LocalQStash], captured: io.StringIO
+) -> None:
+    # A library's exception may quote what it was given: a token, a key, a credential.
+    app, _ = secret_app
+    stripe_key = "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc"
+    quoted = (f"refused token {SECRETS['QSTASH_TOKEN']} and key "
+              f"{SECRETS['QSTASH_NEXT_SIGNING_KEY']!r} (\"{SECRETS['ADMIN_API_TOKEN']}\"); "
+              f"Authorization: Bearer {stripe_key}")
+    admin = {"Authorization": f"Bearer {SECRETS['ADMIN_API_TOKEN']}"}
+    client = app.test_client()
+
+    answer = client.post("/api/cron/probe", headers=admin,
+                         data=job_body("probe", action="crash", message=quoted))
+    [run] = client.get("/api/admin/job-runs?job=probe", headers=admin).get_json()["runs"]
+
+    assert answer.status_code == 500 and answer.get_json()["error"] == "job_failed"
+    assert run["status"] == "failed"
+    assert run["error"] == ("RuntimeError: refused token [redacted] and key '[redacted]' "
+                            '("[redacted]"); Authorization: Bearer [redacted]')
+    logged = captured.getvalue()
+    assert "run crashed" in logged and "refused token [redacted]" in logged
+    for value in (*SECRETS.values(), stripe_key):
+        assert value not in logged and value not in answer.get_data(as_text=True)
+
+
 def test_secret_comparisons_are_constant_time(
     secret_app: tuple[Flask, LocalQStash], mocker: MockerFixture
 ) -> None:
