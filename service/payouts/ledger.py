@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -44,10 +45,23 @@ TRUE_WORDS: Final = frozenset({"true", "1", "yes"})
 FALSE_WORDS: Final = frozenset({"false", "0", "no"})
 
 
+# Unicode categories no text field may hold: control characters (NUL, newline, escape), surrogates
+# (UTF-8 cannot encode them), line and paragraph separators, private-use and unassigned code points.
+REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cs", "Zl", "Zp", "Co", "Cn"})
+# Bidirectional embeddings, overrides and isolates reorder how the text around them is shown (a way
+# to disguise a name in a notice or a log line); no name needs them. The marks (U+200E, U+200F,
+# U+061C) are allowed: they cannot reorder letters.
+BIDI_CONTROLS: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def is_single_line(text: str) -> bool:
-    """Tell whether `text` has no control characters (NUL, newline), surrogates or the like."""
-    # Also keeps out what PostgreSQL text cannot hold (NUL) or UTF-8 cannot encode.
-    return text.isprintable()
+    """Tell whether `text` is one line of displayable text.
+
+    Spaces of any kind (a no-break space) and joiners (ZWNJ and ZWJ, which Persian, Indic and
+    emoji spelling need) are allowed; control characters, surrogates and bidi overrides are not.
+    """
+    return text.isprintable() or not any(
+        c in BIDI_CONTROLS or unicodedata.category(c) in REFUSED_CATEGORIES for c in text)
 
 
 class NotFound(AppError):
@@ -119,7 +133,8 @@ class _Fields:
             self.errors[name] = f"must be 1 to {max_length} characters"
             return None
         if not is_single_line(value):
-            self.errors[name] = "must not contain control or unprintable characters"
+            self.errors[name] = ("must be one line of text: no control characters, line breaks"
+                                 " or bidi overrides")
             return None
         if pattern is not None and not pattern.fullmatch(value):
             self.errors[name] = hint or "has an invalid format"
@@ -389,7 +404,7 @@ def parse_approver(value: Any) -> str:
         if 1 <= len(approver) <= MAX_APPROVER_LENGTH and is_single_line(approver):
             return approver
     raise ValidationFailed({"approved_by": "required: who approves, 1 to "
-                                           f"{MAX_APPROVER_LENGTH} printable characters"})
+                                           f"{MAX_APPROVER_LENGTH} characters on one line"})
 
 
 def approve_transfer(sessions: sessionmaker[Session], transfer_id: int, approved_by: str, *,

@@ -99,6 +99,9 @@ def test_put_expert_requires_a_json_object(client: FlaskClient) -> None:
     ({"first_name": "A\x00"}, "first_name"),
     ({"first_name": "A\ud800"}, "first_name"),
     ({"first_name": "A\nB"}, "first_name"),
+    ({"first_name": "A\u2028B"}, "first_name"),  # line separator
+    ({"first_name": "\u202eanA"}, "first_name"),  # right-to-left override: shows as "Ana"
+    ({"first_name": "A\u2066B\u2069"}, "first_name"),  # isolate
 ])
 def test_put_expert_refuses_control_characters_and_surrogates(
     app: Flask, client: FlaskClient, changes: dict[str, str], field: str
@@ -108,6 +111,22 @@ def test_put_expert_refuses_control_characters_and_surrogates(
     assert response.get_json()["error"] == "validation_failed"
     assert set(response.get_json()["fields"]) == {field}
     assert stored(app) == (0, 0)
+
+
+@pytest.mark.parametrize("first_name", [
+    "Mehr\u200cnaz",  # Persian names put a zero-width non-joiner between parts
+    "\u0645\u0647\u0631\u200c\u0646\u0627\u0632",
+    "Jean\u00a0Luc",  # a no-break space
+    "\u05d3\u05e0\u05d4 \u200fDana",  # a right-to-left mark
+    "\U0001f469\u200d\u2695\ufe0f Ana",  # joiner and variation selector in an emoji
+])
+def test_put_expert_keeps_names_that_need_spaces_joiners_and_marks(
+    client: FlaskClient, first_name: str
+) -> None:
+    response = client.put("/api/experts/e3", json={**EXPERT, "first_name": first_name},
+                          headers=AUTH)
+    assert response.status_code == 201, response.get_json()
+    assert client.get("/api/experts/e3", headers=AUTH).get_json()["first_name"] == first_name
 
 
 @pytest.mark.parametrize("expert_id", ["bad%0A", "bad%00", "%C2%B2", "bad%0Aid"])
