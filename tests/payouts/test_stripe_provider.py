@@ -470,6 +470,11 @@ def test_redact_secrets() -> None:
         "key [redacted] and [redacted], hook [redacted], "
         "header Authorization: Bearer [redacted] and Authorization: Basic [redacted]"
     )
+    # Each kind alone, in any case, as the substring checks that guard the patterns must see it.
+    assert redact_secrets("AUTHORIZATION: bearer abc") == "AUTHORIZATION: bearer [redacted]"
+    assert redact_secrets("whsec_abc") == "[redacted]"
+    assert redact_secrets("rk_live_1") == "[redacted]"
+    assert redact_secrets("task_live_1 network_test_2") == "task_live_1 network_test_2"
 
 
 # The double itself, at the wire level, where the SDK hides what Stripe would answer.
