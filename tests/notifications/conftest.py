@@ -5,6 +5,8 @@ import ssl
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,16 @@ class RecordingHandler:
         self.over_tls.append(server.transport.get_extra_info("ssl_object") is not None)
         self.authenticated.append(bool(session.authenticated))
         return "250 Message accepted for delivery"
+
+    def messages(self) -> list[EmailMessage]:
+        """The accepted messages, parsed."""
+        found = []
+        for envelope in self.envelopes:
+            assert isinstance(envelope.original_content, bytes)
+            message = message_from_bytes(envelope.original_content, policy=policy.default)
+            assert isinstance(message, EmailMessage)
+            found.append(message)
+        return found
 
 
 class Authenticator:

@@ -4,7 +4,6 @@ import re
 import socket
 import ssl
 import traceback
-from email import message_from_bytes, policy
 from email.message import EmailMessage
 from urllib.parse import quote
 
@@ -31,16 +30,6 @@ def channel(url: str, *, timeout: float = 5.0) -> SmtpChannel:
     return SmtpChannel(url=url, mail_from=MAIL_FROM, timeout=timeout)
 
 
-def delivered(server: SmtpServer) -> list[EmailMessage]:
-    messages = []
-    for envelope in server.handler.envelopes:
-        assert isinstance(envelope.original_content, bytes)
-        message = message_from_bytes(envelope.original_content, policy=policy.default)
-        assert isinstance(message, EmailMessage)
-        messages.append(message)
-    return messages
-
-
 def credentials(login: str = LOGIN, password: str = PASSWORD) -> str:
     return f"{quote(login, safe='')}:{quote(password, safe='')}"
 
@@ -54,7 +43,7 @@ def test_delivers_a_multipart_message(smtp_server: SmtpServer) -> None:
     [envelope] = smtp_server.handler.envelopes
     assert envelope.mail_from == "payouts@eleva.test"
     assert envelope.rcpt_tos == [RECIPIENT]
-    [message] = delivered(smtp_server)
+    [message] = smtp_server.handler.messages()
     rendered = render_notice(notice)
     assert message["From"] == MAIL_FROM
     assert message["To"] == RECIPIENT
@@ -90,7 +79,7 @@ def test_message_id_is_derived_from_the_dedup_key(smtp_server: SmtpServer) -> No
     sender.send(notice)
     sender.send(other)
 
-    first, again, different = (message["Message-ID"] for message in delivered(smtp_server))
+    first, again, different = (message["Message-ID"] for message in smtp_server.handler.messages())
     assert first == again == message_id_for(notice.dedup_key)
     assert different == message_id_for("upcoming_payout:43") != first
 
@@ -190,7 +179,7 @@ def test_implicit_tls(start_smtp: StartSmtp, server_tls: ssl.SSLContext) -> None
     channel(server.url("smtps", query="verify=false")).send(make_notice())
 
     assert server.handler.over_tls == [True]
-    assert len(delivered(server)) == 1
+    assert len(server.handler.messages()) == 1
 
 
 def test_implicit_tls_verifies_certificates_by_default(
@@ -217,7 +206,7 @@ def test_server_down_is_retryable_and_a_retry_delivers_once(start_smtp: StartSmt
     server = start_smtp(port=port)
     sender.send(notice)
 
-    [message] = delivered(server)
+    [message] = server.handler.messages()
     assert message["Message-ID"] == message_id_for(notice.dedup_key)
 
 
