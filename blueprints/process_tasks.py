@@ -57,6 +57,7 @@ def process_tasks(ctx: JobContext) -> Mapping[str, Any]:
         "cancelled_refunded": payments.cancelled_refunded,
         "cancelled_disputed": payments.cancelled_disputed,
         "payment_check_errors": payments.errors,
+        "refunded_after_transfer": payments.refunded_after_transfer,
         "notifications_released": released,
         "notifications_delivered": notices.delivered,
         "notifications_retrying": notices.retrying,

@@ -68,7 +68,12 @@ def redact_secrets(text: str) -> str:
 
 
 class ProviderError(Exception):
-    """A payout provider call failed; `code` is stable, the message is for operators only."""
+    """A payout provider call failed; `code` is stable, the message is for operators only.
+
+    `outcome_unknown` is true when the provider may have acted on the call all the same (the
+    connection broke, or the provider failed or was busy with the same key): a transfer may
+    exist, and only asking the provider can tell.
+    """
 
     retryable = False
 
@@ -80,12 +85,14 @@ class ProviderError(Exception):
         provider_code: str | None = None,
         request_id: str | None = None,
         http_status: int | None = None,
+        outcome_unknown: bool = False,
     ) -> None:
         self.message = redact_secrets(message)
         self.code = code
         self.provider_code = provider_code
         self.request_id = request_id
         self.http_status = http_status
+        self.outcome_unknown = outcome_unknown
         super().__init__(self.message)
 
     def __str__(self) -> str:

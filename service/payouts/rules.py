@@ -31,6 +31,8 @@ TRANSITIONS: Final[Mapping[str, frozenset[str]]] = MappingProxyType({
 PLATFORM_FEE_PERCENT: Final = 15
 # A payout never leaves before this long after the session ended (refund and dispute window).
 SESSION_SETTLE_TIME: Final = timedelta(hours=24)
+# The longest wait between two attempts at a transfer.
+MAX_RETRY_BACKOFF: Final = timedelta(hours=6)
 DEFAULT_DELAY_KEY: Final = "default"
 DEFAULT_DELAY_DAYS: Final = "US=2,default=7"
 MAX_DELAY_DAYS: Final = 365
@@ -123,8 +125,13 @@ def scheduled_transfer_at(
 
 
 def retry_backoff(attempts: int, base: timedelta) -> timedelta:
-    """Return the wait before the next attempt after `attempts` failed ones (doubling)."""
-    return base * (1 << max(attempts - 1, 0))
+    """Return the wait before the next attempt after `attempts` failed ones.
+
+    Doubling from `base`, up to MAX_RETRY_BACKOFF (or `base`, if longer): a row whose transfer
+    may exist is retried past the attempt limit, and is still looked at a few times a day.
+    """
+    doubled = base * (1 << min(max(attempts - 1, 0), 16))
+    return min(doubled, max(base, MAX_RETRY_BACKOFF))
 
 
 def is_due(

@@ -129,14 +129,18 @@ class StripePayoutProvider:
         # Stripe masks keys in its own messages; this also covers keys of any other shape.
         message = message.replace(self._api_key, "[redacted]")
         kind: type[ProviderError] = PermanentProviderError
+        # Stripe may have carried out a request whose answer was lost, that failed on its side
+        # (5xx: Stripe calls the outcome indeterminate) or that another request with the same
+        # key is still carrying out (409). Every other error means nothing was done.
+        unknown = False
         if isinstance(exc, stripe.RateLimitError):
             kind, code = TransientProviderError, "rate_limited"
         elif isinstance(exc, stripe.APIConnectionError):
-            kind, code = TransientProviderError, "connection_error"
+            kind, code, unknown = TransientProviderError, "connection_error", True
         elif isinstance(exc, stripe.APIError):
             # 409: a concurrent request with the same idempotency key is still running.
             code = "conflict" if exc.http_status == 409 else "provider_unavailable"
-            kind = TransientProviderError
+            kind, unknown = TransientProviderError, True
         elif isinstance(exc, stripe.IdempotencyError):
             code = "idempotency_conflict"
         elif isinstance(exc, stripe.InvalidRequestError):
@@ -157,6 +161,7 @@ class StripePayoutProvider:
             provider_code=provider_code,
             request_id=exc.request_id,
             http_status=exc.http_status,
+            outcome_unknown=unknown,
         )
 
 

@@ -108,6 +108,9 @@ class CallResult:
 
     provider_transfer_id: str | None = None
     error: ProviderError | None = None
+    # The call failed, yet a transfer may exist for the row (made by this call or an earlier
+    # claim's): the row must not end as FAILED until the provider says that none does.
+    may_exist: bool = False
 
     @property
     def retryable(self) -> bool:
@@ -315,6 +318,7 @@ def pay(provider: PayoutProvider, row: Claimed, env: str) -> CallResult:
     except ValueError as exc:
         return CallResult(error=PermanentProviderError(f"invalid transfer: {exc}",
                                                        code="invalid_transfer"))
+    looked = False
     try:
         if row.claimed_before:
             # An earlier claim may have created the transfer and lost the answer, possibly
@@ -323,15 +327,19 @@ def pay(provider: PayoutProvider, row: Claimed, env: str) -> CallResult:
                                            transfer_group=request.transfer_group)
             if found is not None:
                 return CallResult(provider_transfer_id=found.provider_transfer_id)
+            looked = True
         result = provider.create_transfer(request)
     except ProviderError as exc:
-        return CallResult(error=exc)
+        # Unless the provider said that no transfer exists, an earlier claim's may.
+        return CallResult(error=exc, may_exist=exc.outcome_unknown
+                          or (row.claimed_before and not looked))
     except Exception as exc:
         # The outcome is unknown: retrying with the same key is the safe side.
         log.exception("transfer %d: unexpected error from the %s provider", row.id,
                       provider.name)
         return CallResult(error=TransientProviderError(f"unexpected {type(exc).__name__}",
-                                                       code="unexpected_error"))
+                                                       code="unexpected_error"),
+                          may_exist=True)
     return CallResult(provider_transfer_id=result.provider_transfer_id)
 
 
@@ -364,7 +372,13 @@ def record(
                                     "reference": str(row.id)})
             return "paid", None
         message = str(error)[:MAX_ERROR_LENGTH]
-        if error.retryable and attempts < policy.max_attempts:
+        final = not error.retryable or attempts >= policy.max_attempts
+        if final and result.may_exist:
+            # Failing it now could leave a paid expert marked unpaid (and paid again by hand).
+            log.error("transfer %d: %s, but a transfer may already exist; it stays pending "
+                      "until the provider can say whether one does", row.id,
+                      "attempts used up" if error.retryable else "permanent error")
+        if not final or result.may_exist:
             written = rowcount(connection.execute(_RELEASE, {
                 **base, "code": error.code, "message": message,
                 "next_at": now + retry_backoff(attempts, policy.retry_backoff)}))
@@ -569,6 +583,8 @@ class PaymentCheckReport:
     checked: int = 0
     cancelled_refunded: int = 0
     cancelled_disputed: int = 0
+    # Refunded or disputed, but an earlier claim had already made the transfer: not cancelled.
+    refunded_after_transfer: int = 0
     errors: int = 0
 
 
@@ -591,6 +607,8 @@ def cancel_reversed_payments(
     """Cancel pending transfers due within the horizon whose payment was refunded or disputed.
 
     Only PENDING -> CANCELLED is written: a transfer already claimed or paid is never touched.
+    A row an earlier claim tried to pay is cancelled only once the provider says that no
+    transfer was made for it; one that was made is left for the next transfer run to record.
     """
     report = PaymentCheckReport()
     horizon = clock() + policy.payment_check_horizon
@@ -615,6 +633,23 @@ def cancel_reversed_payments(
                 if not (state.refunded or state.disputed):
                     continue
                 code = "payment_disputed" if state.disputed else "payment_refunded"
+                if row.claimed_at is not None:
+                    try:
+                        made = provider.find_transfer(transfer_id=str(row.id),
+                                                      transfer_group=transfer_group(row.payment_id))
+                    except ProviderError as exc:
+                        report.errors += 1
+                        log.warning("transfer %d: payment %s, but whether an earlier attempt "
+                                    "made the transfer is unknown (%s); not cancelled", row.id,
+                                    code, exc)
+                        continue
+                    if made is not None:
+                        report.refunded_after_transfer += 1
+                        log.error("transfer %d: the customer's payment was %s after transfer %s "
+                                  "was made; reverse that transfer by hand if the expert must "
+                                  "not keep it", row.id, code.removeprefix("payment_"),
+                                  made.provider_transfer_id)
+                        continue
                 with engine.begin() as connection:
                     written = rowcount(connection.execute(_CANCEL, {
                         "tid": row.id, "now": clock(), "code": code,
@@ -632,7 +667,7 @@ def cancel_reversed_payments(
 def _pending_within(engine: Engine, *, horizon: datetime, after: tuple[datetime, int] | None,
                     size: int) -> list[AnyRow]:
     query = (
-        select(T.id, T.payment_id, T.scheduled_transfer_at)
+        select(T.id, T.payment_id, T.scheduled_transfer_at, T.claimed_at)
         .where(is_(T.status, PENDING), T.scheduled_transfer_at <= horizon)
         .order_by(T.scheduled_transfer_at, T.id)
         .limit(size)

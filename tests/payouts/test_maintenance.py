@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 from datetime import timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ from service.payouts.provider import PaymentState, TransferRequest
 from service.payouts.simulated import SimulatedPayoutProvider
 from service.stripe_local import PaymentStatus, StripeLocal, StripeLocalServer
 from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer, outbox_rows
+from tests.helpers import service_log
 
 from .conftest import ACCOUNT
 from .test_process_transfers import run, stripe_env
@@ -109,6 +111,48 @@ def test_refunded_and_disputed_payments_cancel_pending_transfers(
     # A cancelled transfer is never paid afterwards.
     after = run(app)
     assert after["paid"] == 1 and after["outcomes"] == [{"transfer_id": fine, "outcome": "paid"}]
+
+
+def test_a_refund_cancels_a_claimed_row_only_once_the_provider_says_no_transfer_was_made(
+    stripe_app: Flask, stripe_local: StripeLocal, captured: io.StringIO
+) -> None:
+    app = stripe_app
+    service_log(captured)
+    # Three rows an earlier run tried to pay: one whose transfer was made but the answer lost,
+    # one whose lookup will fail, and one that Stripe refused outright (nothing was made).
+    for _ in range(3):
+        with_payment(app, stripe_local, "paid")
+    stripe_local.drop_next(after_processing=True, method="POST")
+    stripe_local.fail_next(429, times=2, method="POST")
+    codes = {o["transfer_id"]: o["code"] for o in run(app)["outcomes"]}  # calls run in parallel
+    [made] = [i for i, code in codes.items() if code == "connection_error"]
+    unknown, refused = sorted(i for i, code in codes.items() if code == "rate_limited")
+    [created] = stripe_local.transfers
+    for row_id in codes:
+        stripe_local.refund(load_transfer(app, row_id).payment_id)
+    # Payments are checked in order of due time: the failing lookup is the first, `unknown`'s.
+    with get_sessions(app).begin() as session:
+        session.execute(update(PaymentTransfer).where(PaymentTransfer.id == made)
+                        .values(scheduled_transfer_at=utcnow() + timedelta(days=1)))
+
+    stripe_local.fail_next(503, times=1, method="GET", path_prefix="/v1/transfers")
+    result = run(app, "process-tasks")
+
+    assert (result["payments_checked"], result["cancelled_refunded"],
+            result["refunded_after_transfer"], result["payment_check_errors"]) == (3, 1, 1, 1)
+    assert {i: load_transfer(app, i).status for i in (made, unknown, refused)} == {
+        made: "PENDING", unknown: "PENDING", refused: "CANCELLED"}
+    logged = captured.getvalue()
+    assert f"transfer {made}: the customer's payment was refunded after transfer " \
+           f"{created['id']} was made; reverse that transfer by hand" in logged
+    # The next transfer run records the transfer that exists instead of making another. (The
+    # row whose lookup failed is checked again the next day, before it is due.)
+    with get_sessions(app).begin() as session:
+        session.execute(update(PaymentTransfer).where(PaymentTransfer.id == made)
+                        .values(scheduled_transfer_at=utcnow(), next_attempt_at=None))
+    assert run(app)["outcomes"] == [{"transfer_id": made, "outcome": "paid"}]
+    assert load_transfer(app, made).provider_transfer_id == created["id"]
+    assert stripe_local.transfers == [created]
 
 
 class ClaimedMeanwhile(SimulatedPayoutProvider):

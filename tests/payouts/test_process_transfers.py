@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -28,7 +29,7 @@ from tests.conftest import (
     load_transfer,
     outbox_rows,
 )
-from tests.helpers import ADMIN_TOKEN, refusing
+from tests.helpers import ADMIN_TOKEN, refusing, service_log
 
 from .conftest import ACCOUNT, API_KEY
 
@@ -205,6 +206,54 @@ def test_a_lost_answer_is_found_before_paying_again(
     # The retry looked first (GET) and did not post again.
     assert [(r.method, r.path) for r in stripe_local.requests] == [
         ("POST", "/v1/transfers"), ("GET", "/v1/transfers")]
+
+
+def test_a_transfer_that_may_exist_is_never_failed_while_the_provider_cannot_say(
+    stripe_app: Flask, stripe_local: StripeLocal, captured: io.StringIO
+) -> None:
+    # The transfer is made but its answer is lost; then every lookup fails, past the limit of
+    # three attempts. Failing the row would tell a paid expert that the payout failed, and an
+    # operator paying by hand would pay twice.
+    app = stripe_app
+    service_log(captured)
+    row_id = add_transfer(app)
+    stripe_local.drop_next(after_processing=True, method="POST")
+    stripe_local.fail_next(503, times=3, method="GET")
+
+    codes = []
+    for _ in range(4):
+        [outcome] = run(app)["outcomes"]
+        codes.append((outcome["outcome"], outcome["code"]))
+        make_due(app, row_id)
+
+    assert codes == [("retry", "connection_error")] + [("retry", "provider_unavailable")] * 3
+    row = load_transfer(app, row_id)
+    assert (row.status, row.attempts) == ("PENDING", 4)
+    assert outbox_rows(app) == []  # no "payout failed" notice
+    assert captured.getvalue().count("a transfer may already exist") == 2  # attempts 3 and 4
+    # The provider answers again: the transfer is found and recorded, never made twice.
+    assert run(app)["paid"] == 1
+    [created] = stripe_local.transfers
+    assert load_transfer(app, row_id).provider_transfer_id == created["id"]
+    assert [n.kind for n in outbox_rows(app)] == ["payout_sent"]
+    assert [r.method for r in stripe_local.requests] == ["POST"] + ["GET"] * 4
+
+
+def test_a_server_error_on_create_is_never_final(
+    stripe_app: Flask, stripe_local: StripeLocal
+) -> None:
+    # Stripe calls a 5xx indeterminate: the transfer may have been made. Rows wait out an
+    # outage however long it lasts.
+    app = stripe_app
+    row_id = add_transfer(app)
+    stripe_local.fail_next(500, times=5, method="POST")
+    for _ in range(5):
+        run(app)
+        make_due(app, row_id)
+    row = load_transfer(app, row_id)
+    assert (row.status, row.attempts, row.last_error_code) == ("PENDING", 5, "provider_unavailable")
+    assert run(app)["paid"] == 1
+    assert len(stripe_local.transfers) == 1
 
 
 class Interfering(SimulatedPayoutProvider):

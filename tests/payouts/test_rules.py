@@ -171,5 +171,13 @@ def test_backoff_doubles() -> None:
         timedelta(minutes=10), timedelta(minutes=20), timedelta(minutes=40)]
 
 
+def test_backoff_stops_growing_at_six_hours_for_rows_retried_past_the_limit() -> None:
+    base = timedelta(minutes=10)
+    assert retry_backoff(6, base) == timedelta(minutes=320)
+    assert retry_backoff(7, base) == retry_backoff(10_000, base) == timedelta(hours=6)
+    # A base above the cap is kept as it is.
+    assert retry_backoff(3, timedelta(hours=8)) == timedelta(hours=8)
+
+
 def test_idempotency_key_names_the_environment_and_row() -> None:
     assert idempotency_key("production", 42) == "production:transfer:42"

@@ -198,6 +198,8 @@ def test_stripe_errors_are_classified(
     assert error.retryable is (kind is TransientProviderError)
     assert error.http_status == status
     assert error.request_id is not None and error.request_id.startswith("req_")
+    # Only a 5xx (or a 409: the same key in flight) leaves open whether Stripe made the transfer.
+    assert error.outcome_unknown is (status >= 500 or status == 409)
     assert stripe_local.transfers == []
 
 
@@ -241,6 +243,7 @@ def test_a_timeout_is_transient(
         provider.payment_state("pi_slow")
 
     assert raised.value.code == "connection_error"
+    assert raised.value.outcome_unknown  # the request may have reached Stripe
     assert "timed out" in str(raised.value).lower()
 
 
