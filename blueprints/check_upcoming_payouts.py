@@ -11,7 +11,7 @@ from service.payouts.upcoming import queue_upcoming_notices
 
 
 def check_upcoming_payouts(ctx: JobContext) -> Mapping[str, Any]:
-    """Queue an upcoming-payout notice for transfers due in the next one to two days."""
+    """Queue an upcoming-payout notice for transfers due within two days, not yet due."""
     settings = get_settings(ctx.app)
     engine = get_engine(ctx.app)
     report = queue_upcoming_notices(engine, now=utcnow(), deadline=ctx.deadline)
@@ -28,7 +28,7 @@ def check_upcoming_payouts(ctx: JobContext) -> Mapping[str, Any]:
 job = Job(
     name="check-upcoming-payouts",
     cron="0 12 * * *",
-    description="Tell experts about payouts due in the next one to two days.",
+    description="Tell experts about payouts due in the next two days.",
     handler=check_upcoming_payouts,
     retries=3,
     timeout=300,

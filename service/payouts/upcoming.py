@@ -16,8 +16,10 @@ from .sql import is_
 
 T = PaymentTransfer
 E = Expert
-# "Due in the next one to two days": a daily run at noon covers each row exactly once.
-WINDOW_START: Final = timedelta(days=1)
+# A daily run notifies each row one to two days before it is due. The window starts at `now`,
+# not a day later: a row that two runs' windows missed (a retried delivery starts later than the
+# day before's) or that was registered less than a day before it is due is still notified, by
+# the next run, as long as it is not due yet. notified_at keeps it to one notice.
 WINDOW_END: Final = timedelta(days=2)
 BATCH: Final = 200
 
@@ -35,20 +37,20 @@ class UpcomingReport:
 
 
 def queue_upcoming_notices(engine: Engine, *, now: datetime, deadline: float) -> UpcomingReport:
-    """Queue one upcoming-payout notice per pending transfer due in one to two days.
+    """Queue one upcoming-payout notice per pending transfer due within two days, not yet due.
 
     `notified_at` is set only in the transaction that adds the notice, and only if it was
     still unset, so a notice is never lost and never queued twice. Rows awaiting approval or
     whose expert cannot be paid are left out: they would not be paid on that date.
     """
     report = UpcomingReport()
-    start, end = now + WINDOW_START, now + WINDOW_END
+    end = now + WINDOW_END
     after: tuple[datetime, int] | None = None
     while time.monotonic() < deadline:
         query = (
             select(T.id, T.scheduled_transfer_at, T.amount, T.currency, E.email, E.first_name)
             .join(E, E.id == T.expert_id)
-            .where(is_(T.status, PENDING), T.scheduled_transfer_at >= start,
+            .where(is_(T.status, PENDING), T.scheduled_transfer_at > now,
                    T.scheduled_transfer_at < end, T.notified_at.is_(None),
                    T.requires_approval == false(), E.payouts_enabled == true(),
                    E.stripe_account_id.is_not(None))

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,10 +12,11 @@ from flask import Flask
 from sqlalchemy import update
 
 from service.db import utcnow
-from service.extensions import KEY, get_sessions, services
+from service.extensions import KEY, get_engine, get_sessions, services
 from service.notifications import DeliveryError, Notice
 from service.payouts import outbox
 from service.payouts.models import Notification
+from service.payouts.upcoming import queue_upcoming_notices
 from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer, outbox_rows
 from tests.helpers import ADMIN_TOKEN, free_port, refusing
 from tests.notifications.conftest import HOST, RecordingHandler
@@ -48,12 +50,13 @@ def make_all_due(app: Flask) -> None:
         session.execute(update(Notification).values(next_attempt_at=utcnow()))
 
 
-def test_upcoming_notices_are_queued_once_for_rows_due_in_one_to_two_days(app: Flask) -> None:
+def test_upcoming_notices_are_queued_once_for_rows_due_within_two_days(app: Flask) -> None:
     add_expert(app, first_name="Ana")
     add_expert(app, "exp_off", payouts_enabled=False)
     upcoming = add_transfer(app, due=timedelta(hours=36), amount=123450)
+    late = add_transfer(app, due=timedelta(hours=12))  # registered less than a day ahead
     others = [
-        add_transfer(app, due=timedelta(hours=12)),
+        add_transfer(app, due=timedelta(hours=-1)),  # already due: paid by the next run
         add_transfer(app, due=timedelta(hours=60)),
         add_transfer(app, due=timedelta(hours=36), requires_approval=True),
         add_transfer(app, due=timedelta(hours=36), expert_id="exp_off"),
@@ -63,10 +66,11 @@ def test_upcoming_notices_are_queued_once_for_rows_due_in_one_to_two_days(app: F
 
     result = run(app, "check-upcoming-payouts")
 
-    assert result == {"considered": 1, "queued": 1, "delivered": 1, "delivery_retrying": 0,
+    assert result == {"considered": 2, "queued": 2, "delivered": 2, "delivery_retrying": 0,
                       "delivery_failed": 0}
     row = load_transfer(app, upcoming)
-    [notice] = outbox_rows(app)
+    late_notice, notice = outbox_rows(app)  # queued in order of due time
+    assert late_notice.dedup_key == f"upcoming_payout:{late}"
     assert (notice.kind, notice.dedup_key, notice.status) == (
         "upcoming_payout", f"upcoming_payout:{upcoming}", "SENT")
     assert notice.payload == {"first_name": "Ana", "amount": 123450, "currency": "eur",
@@ -75,7 +79,27 @@ def test_upcoming_notices_are_queued_once_for_rows_due_in_one_to_two_days(app: F
     assert [load_transfer(app, i).notified_at is None for i in others] == [
         True, True, True, True, False, True]
     assert run(app, "check-upcoming-payouts")["queued"] == 0
-    assert len(outbox_rows(app)) == 1
+    assert len(outbox_rows(app)) == 2
+
+
+def test_a_row_between_two_days_windows_is_notified_once_before_it_is_due(app: Flask) -> None:
+    # Day D's run starts at 12:00:00; day D+1's delivery fails once and QStash's retry runs at
+    # 12:02:35. A row due at D+2 12:01:00 is neither one to two days after the first start nor
+    # after the second.
+    add_expert(app)
+    row_id = add_transfer(app, due=timedelta(days=3))
+    due = load_transfer(app, row_id).scheduled_transfer_at
+    first_day = due - timedelta(days=2, minutes=1)
+    engine = get_engine(app)
+
+    def check(now: datetime) -> int:
+        return queue_upcoming_notices(engine, now=now, deadline=time.monotonic() + 30).queued
+
+    assert check(first_day) == 0
+    assert check(first_day + timedelta(days=1, minutes=2, seconds=35)) == 1
+    assert check(first_day + timedelta(days=2)) == 0  # once only
+    [notice] = outbox_rows(app)
+    assert notice.dedup_key == f"upcoming_payout:{row_id}"
 
 
 def test_notified_at_is_set_only_together_with_the_notice(
