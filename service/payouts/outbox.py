@@ -128,12 +128,15 @@ def deliver_pending(
     Items are claimed (PENDING -> SENDING) in a short transaction, sent with no transaction
     open, and each outcome is written by a guarded update. A failed item goes back to PENDING
     with a backoff, or to FAILED for operators once it used `max_attempts` or cannot succeed.
+    Each item is tried at most once per call: only items due when it started are claimed, so a
+    long run against a failing server cannot use up an item's attempts within minutes.
     """
     report = DeliveryReport()
+    started = clock()
     with WorkerPool(concurrency, name="notify") as pool:
         while report.attempted < limit and time.monotonic() < deadline:
             batch = _claim(engine, sender_id, min(2 * concurrency, limit - report.attempted),
-                           clock())
+                           clock(), due_by=started)
             if not batch:
                 break
             futures = [(item, pool.submit(partial(channel.send, item.notice)))
@@ -154,11 +157,12 @@ def deliver_pending(
     return report
 
 
-def _claim(engine: Engine, sender_id: str, size: int, now: datetime) -> list[_Claimed]:
+def _claim(engine: Engine, sender_id: str, size: int, now: datetime, *,
+           due_by: datetime) -> list[_Claimed]:
     query = (
         select(Notification.id, Notification.attempts, Notification.recipient,
                Notification.kind, Notification.payload, Notification.dedup_key)
-        .where(is_(Notification.status, PENDING), Notification.next_attempt_at <= now)
+        .where(is_(Notification.status, PENDING), Notification.next_attempt_at <= due_by)
         .order_by(Notification.next_attempt_at, Notification.id)
         .limit(size)
     )

@@ -206,6 +206,28 @@ def test_retryable_failures_retry_until_the_limit(make_app: AppFactory, env: dic
     assert channel.sent == []
 
 
+def test_one_run_tries_each_notice_once_however_long_it_takes(app: Flask) -> None:
+    # A mail server that fails every send: within one run, even with no backoff at all, a
+    # notice is not tried again, so a slow outage cannot use up its attempts in minutes.
+    refused = DeliveryError("temporarily refused", code="temporary_rejection", retryable=True)
+    channel = Flaky([refused] * 100)
+    add_expert(app)
+    transfer_ids = [add_transfer(app) for _ in range(6)]
+    with get_sessions(app).begin() as session:
+        for transfer_id in transfer_ids:
+            outbox.queue_notice(session.connection(), kind=outbox.PAYOUT_SENT,
+                                transfer_id=transfer_id, recipient="ana@example.com",
+                                payload={}, now=utcnow())
+
+    report = outbox.deliver_pending(get_engine(app), channel, sender_id="run1", limit=100,
+                                    deadline=time.monotonic() + 30, max_attempts=5,
+                                    concurrency=2, backoff=timedelta(0))
+
+    assert (report.attempted, report.retrying, report.failed) == (6, 6, 0)
+    assert {(n.status, n.attempts) for n in outbox_rows(app)} == {("PENDING", 1)}
+    assert len(channel.failures) == 100 - 6
+
+
 def test_a_permanent_failure_is_not_retried(app: Flask) -> None:
     channel = Flaky([DeliveryError("no such user", code="permanent_rejection",
                                    retryable=False)])
