@@ -70,6 +70,7 @@ class StripeLocalError(Exception):
         error_type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        stored: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -77,6 +78,8 @@ class StripeLocalError(Exception):
         self.error_type = error_type
         self.code = code
         self.param = param
+        # The outcome of a request Stripe began to carry out: kept under its idempotency key.
+        self.stored = stored
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"type": self.error_type, "message": self.message}
@@ -116,6 +119,7 @@ class _Fault:
     path_prefix: str
     method: str | None
     after_processing: bool
+    stored: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         return path.startswith(self.path_prefix) and self.method in (None, method)
@@ -248,8 +252,15 @@ class StripeLocal:
         message: str | None = None,
         path_prefix: str = "/v1/transfers",
         method: str | None = None,
+        stored: bool = False,
     ) -> None:
-        """Answer the next `times` matching requests with an error, before handling them."""
+        """Answer the next `times` matching requests with an error, before handling them.
+
+        With `stored`, the error is instead the outcome of carrying the request out (a 5xx, or
+        `balance_insufficient`, say): as Stripe does, a POST with an idempotency key keeps it,
+        and a retry with that key and the same parameters gets it again, marked
+        `Idempotent-Replayed: true`, until the key is forgotten (`expire_idempotency_keys`).
+        """
         if error_type is None:
             error_type = "api_error" if status >= 500 else "invalid_request_error"
         if code is None and status == 429:
@@ -268,6 +279,7 @@ class StripeLocal:
                 path_prefix=path_prefix,
                 method=method.upper() if method else None,
                 after_processing=False,
+                stored=stored,
             )
         )
 
@@ -296,6 +308,11 @@ class StripeLocal:
                 after_processing=after_processing,
             )
         )
+
+    def expire_idempotency_keys(self) -> None:
+        """Forget every stored idempotent response, as Stripe does with keys after 24 hours."""
+        with self._lock:
+            self._state.idempotent.clear()
 
     def reset(self) -> None:
         """Forget transfers, payments, faults, counts and recorded requests; keep the accounts."""
@@ -425,18 +442,24 @@ class StripeLocal:
                     )
                 headers = {"Idempotent-Replayed": "true", "Original-Request": stored.request_id}
                 return stored.status, stored.body, headers
-            # Like Stripe, only requests that got past validation store a result.
-            body = json.dumps(handle())
+            # Like Stripe, only requests that got past validation store a result: a success, or
+            # an error that carrying the request out produced.
+            try:
+                status, body = 200, json.dumps(handle())
+            except StripeLocalError as error:
+                if not error.stored:
+                    raise
+                status, body = error.status, json.dumps(error.body())
             if key is not None:
                 self._state.idempotent[key] = _StoredResponse(
                     method="POST",
                     path=path,
                     params=fingerprint,
-                    status=200,
+                    status=status,
                     body=body,
                     request_id=request_id,
                 )
-            return 200, body, {}
+            return status, body, {}
 
     def create_transfer(
         self, params: Mapping[str, Any], idempotency_key: str | None
@@ -747,6 +770,10 @@ def create_app(stripe: StripeLocal) -> Flask:
         fault = stripe.take_fault(request.method, request.path)
         if fault is None:
             return None
+        if fault.stored and fault.status is not None and request.method == "POST":
+            g.outcome = StripeLocalError(fault.status, fault.message, error_type=fault.error_type,
+                                         code=fault.code, stored=True)
+            return None
         if fault.status is None:
             if fault.after_processing:
                 g.drop = True
@@ -785,12 +812,19 @@ def create_app(stripe: StripeLocal) -> Flask:
         key = request.headers.get("Idempotency-Key")
         received = pairs()
         params = decode_params(received)
+
+        def handle() -> dict[str, Any]:
+            outcome = g.pop("outcome", None)
+            if outcome is not None:  # a stored fault: the request's outcome is this error
+                raise outcome
+            return stripe.create_transfer(params, key)
+
         status, body, headers = stripe.idempotent_post(
             key=key,
             path=request.path,
             pairs=received,
             request_id=g.request_id,
-            handle=lambda: stripe.create_transfer(params, key),
+            handle=handle,
         )
         return Response(body, status, headers=headers, mimetype="application/json")
 
@@ -856,6 +890,7 @@ def create_app(stripe: StripeLocal) -> Flask:
                 message=body.get("message"),
                 path_prefix=path_prefix,
                 method=method,
+                stored=bool(body.get("stored", False)),
             )
         return json_response({"ok": True})
 

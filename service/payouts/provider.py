@@ -72,7 +72,8 @@ class ProviderError(Exception):
 
     `outcome_unknown` is true when the provider may have acted on the call all the same (the
     connection broke, or the provider failed or was busy with the same key): a transfer may
-    exist, and only asking the provider can tell.
+    exist, and only asking the provider can tell. `replayed` is true when the provider answered
+    with what it had stored for the idempotency key: the first attempt's outcome, not news.
     """
 
     retryable = False
@@ -86,6 +87,7 @@ class ProviderError(Exception):
         request_id: str | None = None,
         http_status: int | None = None,
         outcome_unknown: bool = False,
+        replayed: bool = False,
     ) -> None:
         self.message = redact_secrets(message)
         self.code = code
@@ -93,6 +95,7 @@ class ProviderError(Exception):
         self.request_id = request_id
         self.http_status = http_status
         self.outcome_unknown = outcome_unknown
+        self.replayed = replayed
         super().__init__(self.message)
 
     def __str__(self) -> str:

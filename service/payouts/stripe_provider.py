@@ -162,6 +162,10 @@ class StripePayoutProvider:
             request_id=exc.request_id,
             http_status=exc.http_status,
             outcome_unknown=unknown,
+            # Stripe keeps the outcome of a request it began to carry out, errors included, for
+            # 24 hours under its idempotency key, and answers a retry with it.
+            replayed=any(name.lower() == "idempotent-replayed" and str(value).lower() == "true"
+                         for name, value in (exc.headers or {}).items()),
         )
 
 

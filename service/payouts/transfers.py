@@ -41,6 +41,7 @@ from .rules import (
     CANCELLED,
     COMPLETED,
     FAILED,
+    MAX_RETRY_BACKOFF,
     PENDING,
     PROCESSING,
     idempotency_key,
@@ -372,6 +373,19 @@ def record(
                                     "reference": str(row.id)})
             return "paid", None
         message = str(error)[:MAX_ERROR_LENGTH]
+        if error.retryable and error.replayed:
+            # The provider answered with an earlier attempt's stored outcome: this attempt
+            # learned nothing, so it does not count. The key outlives a few runs (Stripe keeps
+            # it 24 hours): wait the longest backoff before asking again.
+            written = rowcount(connection.execute(_RELEASE, {
+                **base, "new_attempts": row.attempts, "code": error.code, "message": message,
+                "next_at": now + MAX_RETRY_BACKOFF}))
+            if written != 1:
+                return "conflict", error.code
+            log.warning("transfer %d: the provider replayed an earlier attempt's answer (%s); "
+                        "not counted as an attempt, retried once the provider has forgotten its "
+                        "idempotency key", row.id, error.code)
+            return "retry", error.code
         final = not error.retryable or attempts >= policy.max_attempts
         if final and result.may_exist:
             # Failing it now could leave a paid expert marked unpaid (and paid again by hand).

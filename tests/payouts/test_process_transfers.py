@@ -256,6 +256,35 @@ def test_a_server_error_on_create_is_never_final(
     assert len(stripe_local.transfers) == 1
 
 
+def test_a_replayed_error_uses_no_attempt_and_waits_for_the_key_to_be_forgotten(
+    stripe_app: Flask, stripe_local: StripeLocal, captured: io.StringIO
+) -> None:
+    # The platform balance is short at the first attempt. Stripe keeps that answer under the
+    # key for 24 hours, so retries within them get it again whatever the balance is by then;
+    # counted as attempts, they would fail a transfer that a later try would pay.
+    app = stripe_app
+    service_log(captured)
+    row_id = add_transfer(app)
+    stripe_local.fail_next(400, code="balance_insufficient", stored=True, method="POST")
+
+    first = run(app)
+    assert first["outcomes"] == [
+        {"transfer_id": row_id, "outcome": "retry", "code": "balance_insufficient"}]
+    for _ in range(3):  # more replays than PAYOUT_MAX_ATTEMPTS
+        make_due(app, row_id)
+        assert run(app)["retried"] == 1
+        row = load_transfer(app, row_id)
+        assert (row.status, row.attempts) == ("PENDING", 1)
+        assert timedelta(hours=5, minutes=59) < row.next_attempt_at - utcnow() <= timedelta(hours=6)
+    assert captured.getvalue().count("replayed an earlier attempt's answer") == 3
+
+    stripe_local.expire_idempotency_keys()  # 24 hours on
+    make_due(app, row_id)
+    assert run(app)["paid"] == 1
+    assert len(stripe_local.transfers) == 1
+    assert [n.kind for n in outbox_rows(app)] == ["payout_sent"]
+
+
 class Interfering(SimulatedPayoutProvider):
     """A provider during whose call someone else changes the row (recovery, say)."""
 

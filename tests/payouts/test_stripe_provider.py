@@ -118,6 +118,26 @@ def test_sdk_retries_a_server_error_with_the_same_key(
     assert result.provider_transfer_id == transfer["id"]
 
 
+def test_an_error_stripe_stored_under_the_key_is_answered_again_as_a_replay(
+    provider: StripePayoutProvider, stripe_local: StripeLocal, make_request: MakeRequest
+) -> None:
+    # Stripe keeps what carrying a request out produced, errors included, under its key.
+    stripe_local.fail_next(400, code="balance_insufficient", stored=True)
+
+    errors = []
+    for _ in range(2):
+        with pytest.raises(TransientProviderError) as raised:
+            provider.create_transfer(make_request("5"))
+        errors.append(raised.value)
+    stripe_local.expire_idempotency_keys()
+    result = provider.create_transfer(make_request("5"))  # Stripe forgot the key: a fresh try
+
+    assert [(e.code, e.replayed, e.outcome_unknown) for e in errors] == [
+        ("balance_insufficient", False, False), ("balance_insufficient", True, False)]
+    [transfer] = stripe_local.transfers
+    assert result.provider_transfer_id == transfer["id"]
+
+
 def test_sdk_retry_after_a_lost_response_replays_the_transfer(
     make_provider: MakeProvider, stripe_local: StripeLocal, make_request: MakeRequest
 ) -> None:
