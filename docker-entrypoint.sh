@@ -1,5 +1,6 @@
 #!/bin/sh
 # Container start-up: migrate, sync the QStash schedules, then hand over to the server (CMD).
+# A one-off `flask ...` command given instead of the server runs on its own.
 set -eu
 
 say() {
@@ -7,6 +8,17 @@ say() {
     printf '{"level":"%s","logger":"entrypoint","message":"%s"}\n' "$1" \
         "$(printf '%s' "$2" | tr '\n' ' ' | sed 's/\\/\\\\/g; s/"/\\"/g')"
 }
+
+# `docker run IMAGE flask qstash update --dry-run`, `flask db downgrade ...`: migrating and
+# syncing first would apply what the command was run to preview, or undo.
+if [ "${1:-}" = "flask" ]; then
+    exec "$@"
+fi
+
+case "$(printf '%s' "${QSTASH_UPDATE_STRICT:-false}" | tr '[:upper:]' '[:lower:]')" in
+    true | 1 | yes | on) strict=true ;;
+    *) strict=false ;;
+esac
 
 errors=$(mktemp)
 if ! flask db upgrade 2>"$errors"; then
@@ -28,10 +40,14 @@ case "$status" in
         say info "QStash schedules are in sync"
         ;;
     3)
+        if [ "$strict" = true ]; then
+            say error "schedules were not created or updated: $reason; exiting because QSTASH_UPDATE_STRICT is set"
+            exit "$status"
+        fi
         say warning "schedules were not created or updated: $reason"
         ;;
     *)
-        if [ "${QSTASH_UPDATE_STRICT:-false}" = "true" ]; then
+        if [ "$strict" = true ]; then
             say error "flask qstash update failed (exit $status); exiting because QSTASH_UPDATE_STRICT=true"
             exit "$status"
         fi

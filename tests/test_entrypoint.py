@@ -71,6 +71,30 @@ def test_unconfigured_qstash_says_what_is_missing_and_serves(env: dict[str, str]
                                       "QStash is not configured: QSTASH_TOKEN: missing")
 
 
+def test_strict_mode_also_exits_when_qstash_is_not_configured(env: dict[str, str]) -> None:
+    del env["QSTASH_TOKEN"]
+    result = entrypoint({**env, "QSTASH_UPDATE_STRICT": "1"}, *SERVED)
+    assert result.returncode == 3
+    assert "server started" not in result.stdout
+    [line] = entrypoint_lines(result.stdout)
+    assert line["level"] == "error"
+    assert line["message"].endswith("exiting because QSTASH_UPDATE_STRICT is set")
+
+
+@pytest.mark.slow
+def test_a_one_off_flask_command_neither_migrates_nor_syncs_first(
+    qstash_env: dict[str, str], local_qstash: Local
+) -> None:
+    # Previewing a new image's sync must not apply it, nor migrate the database on the way.
+    result = entrypoint(qstash_env, "flask", "qstash", "update", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "dry run: nothing was changed" in result.stdout
+    assert entrypoint_lines(result.stdout) == []
+    assert schedule_ids(local_qstash[1]) == []
+    status = entrypoint(qstash_env, "flask", "db", "current")
+    assert status.returncode == 0 and "(head)" not in status.stdout  # still unmigrated
+
+
 @pytest.mark.slow
 def test_failed_update_is_loud_but_not_fatal(
     qstash_env: dict[str, str], local_qstash: Local
