@@ -22,6 +22,7 @@ from .schedules import (
     ScheduleConfigError,
     cron_period,
     desired_schedules,
+    firing_after,
     plan,
     schedule_prefix,
 )
@@ -71,7 +72,8 @@ def qstash_health(app: Flask) -> dict[str, Any]:
 
     try:
         job_report = _jobs(get_sessions(app), jobs, effective_cron, remote_by_id, settings_prefix=
-                           schedule_prefix(settings), now=now)
+                           schedule_prefix(settings), now=now,
+                           enabled=None if desired is None else {d.job for d in desired})
         if any(j["overdue"] for j in job_report.values()):
             degraded.append("some jobs are overdue")
     except SQLAlchemyError as exc:
@@ -119,7 +121,14 @@ def _jobs(
     *,
     settings_prefix: str,
     now: datetime,
+    enabled: set[str] | None,
 ) -> dict[str, dict[str, Any]]:
+    """Report each job's last run and success, and whether it is overdue.
+
+    A job is overdue when the second firing of its schedule after its last success (or, if it
+    never succeeded, after its schedule was created) is more than OVERDUE_GRACE past: one missed
+    firing is tolerated. A disabled job (JOB_<NAME>_ENABLED=false: no schedule) is never overdue.
+    """
     report = {}
     with sessions() as session:
         for name in jobs:
@@ -128,19 +137,24 @@ def _jobs(
             success = session.scalars(
                 select(JobRun).where(JobRun.job == name, JobRun.status == "succeeded")
                 .order_by(JobRun.started_at.desc()).limit(1)).first()
-            window = 2 * cron_period(crons[name], now=now) + OVERDUE_GRACE
             schedule = remote_by_id.get(settings_prefix + name)
             # Without a success, count from when the schedule was created, if QStash says.
             since = (success.started_at if success else
                      datetime.fromtimestamp(schedule.created_at / 1000, UTC)
                      if schedule and schedule.created_at else None)
+            is_enabled = enabled is None or name in enabled
+            if since is None:
+                window = 2 * cron_period(crons[name], now=now) + OVERDUE_GRACE
+            else:
+                window = firing_after(crons[name], since, count=2) + OVERDUE_GRACE - since
             report[name] = {
                 "cron": crons[name],
+                "enabled": is_enabled,
                 "last_run": None if last is None else {
                     "status": last.status, "started_at": last.started_at.isoformat(),
                     "run_id": last.id},
                 "last_success": success.started_at.isoformat() if success else None,
-                "overdue": since is not None and now - since > window,
+                "overdue": is_enabled and since is not None and now - since > window,
                 "overdue_after_seconds": int(window.total_seconds()),
             }
     return report

@@ -139,17 +139,26 @@ def validate_cron(cron: str) -> str | None:
     return None
 
 
-def cron_period(cron: str, *, now: datetime | None = None) -> timedelta:
-    """Return the longest gap between the next few firings of a cron expression."""
+def _firings(cron: str, start: datetime, count: int) -> list[datetime]:
+    """The next `count` times a cron expression (with an optional CRON_TZ) fires after start."""
     expression = normalise_cron(cron)
     zone: Any = UTC
     match = CRON_TZ_RE.match(expression)
     if match:
         zone, expression = ZoneInfo(match.group(1)), match.group(2)
-    start = (now or datetime.now(UTC)).astimezone(zone)
-    it = croniter(expression, start)
-    times: list[datetime] = [it.get_next(datetime) for _ in range(6)]
+    it = croniter(expression, start.astimezone(zone))
+    return [it.get_next(datetime).astimezone(UTC) for _ in range(count)]
+
+
+def cron_period(cron: str, *, now: datetime | None = None) -> timedelta:
+    """Return the longest gap between the next few firings of a cron expression."""
+    times = _firings(cron, now or datetime.now(UTC), 6)
     return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+
+def firing_after(cron: str, since: datetime, *, count: int = 1) -> datetime:
+    """Return the `count`-th time a cron expression fires after `since`, in UTC."""
+    return _firings(cron, since, count)[-1]
 
 
 def job_overrides(settings: Settings, jobs: Mapping[str, Job]) -> dict[str, dict[str, str]]:

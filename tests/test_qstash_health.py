@@ -50,7 +50,9 @@ def test_ok_when_configured_synced_and_on_time(
     assert per_job["next_run"] is not None
     job = report["jobs"]["process-tasks"]
     assert (job["last_run"], job["last_success"], job["overdue"]) == (None, None, False)
-    assert job["overdue_after_seconds"] == 2 * 86400 + 900
+    # Counted from the schedule's creation, just now: overdue 15 minutes after the second 04:00.
+    assert 86400 + 900 < job["overdue_after_seconds"] <= 2 * 86400 + 900
+    assert job["enabled"] is True
     text = json.dumps(report)
     for secret in (DEV_TOKEN, CURRENT_KEY, NEXT_KEY, ADMIN_TOKEN):
         assert secret not in text
@@ -158,6 +160,22 @@ def test_a_job_without_a_recent_success_is_overdue(
     assert job["last_run"]["status"] == "failed"
     assert job["last_success"] == long_ago.isoformat()
     assert report["jobs"]["process-tasks"]["overdue"] is False
+
+
+def test_a_disabled_job_is_never_overdue(
+    make_app: AppFactory, qstash_env: dict[str, str], local_qstash: Local
+) -> None:
+    # Its schedule is gone, so it will not run again: that is not a fault to alarm on.
+    app = synced(make_app, {**qstash_env, "JOB_CHECK_UPCOMING_PAYOUTS_ENABLED": "false"})
+    long_ago = utcnow() - timedelta(days=30)
+    with get_sessions(app).begin() as session:
+        session.add(JobRun(id="old", job="check-upcoming-payouts", retried=0, attempts=1,
+                           trigger="qstash", status="succeeded", started_at=long_ago,
+                           expires_at=long_ago, finished_at=long_ago))
+    status, report = health(app)
+    job = report["jobs"]["check-upcoming-payouts"]
+    assert (job["enabled"], job["overdue"]) == (False, False)
+    assert (status, report["status"], report["reasons"]) == (200, "ok", [])
 
 
 def test_answers_are_cached_briefly(

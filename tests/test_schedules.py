@@ -15,6 +15,7 @@ from service.schedules import (
     canonical_header,
     cron_period,
     desired_schedules,
+    firing_after,
     plan,
     validate_cron,
 )
@@ -88,6 +89,20 @@ def test_desired_schedules_need_app_url() -> None:
 ])
 def test_validate_cron(cron: str, ok: bool) -> None:
     assert (validate_cron(cron) is None) is ok
+
+
+def test_firing_after_follows_the_schedule_not_a_fixed_period() -> None:
+    # What the health report counts overdue from (service/health.py).
+    # Weekdays 09:00-17:00, hourly: after Friday's 17:00 run, the next two firings are Monday's
+    # 09:00 and 10:00, so the job is not overdue over the night or the weekend.
+    friday = datetime(2026, 11, 27, 17, 0, tzinfo=UTC)
+    assert firing_after("0 9-17 * * 1-5", friday, count=2) == datetime(2026, 11, 30, 10, 0,
+                                                                       tzinfo=UTC)
+    # Weekdays at 04:00: after Monday's run, overdue from Wednesday 04:15, not days later.
+    monday = datetime(2026, 11, 30, 4, 0, 5, tzinfo=UTC)
+    assert firing_after("0 4 * * 1-5", monday, count=2) == datetime(2026, 12, 2, 4, 0, tzinfo=UTC)
+    assert firing_after("CRON_TZ=America/New_York 0 12 * * *", monday) == datetime(
+        2026, 11, 30, 17, 0, tzinfo=UTC)
 
 
 def test_cron_period() -> None:
