@@ -327,13 +327,17 @@ def compute_plan(
 
 
 def apply_plan(client: ScheduleClient, plan: Plan) -> list[PlanItem]:
-    """Upsert what is created or changed, then delete stale owned schedules; return what ran."""
+    """Delete stale owned schedules, then upsert what is created or changed; return what ran.
+
+    Deletes go first: they are schedules of jobs this code no longer has, so nothing is lost,
+    and on an account at its schedule quota they make room for the new ones.
+    """
     applied = []
+    for item in plan.of("delete"):
+        client.delete_schedule(item.schedule_id)
+        applied.append(item)
     for item in plan.items:
         if item.action in ("create", "update") and item.desired is not None:
             client.upsert_schedule(item.desired)
             applied.append(item)
-    for item in plan.of("delete"):
-        client.delete_schedule(item.schedule_id)
-        applied.append(item)
     return applied

@@ -111,7 +111,7 @@ def test_overrides_update_and_remove_schedules(
     result = invoke(make_app(env), "update")
     assert result.exit_code == 0, result.output
     assert "updated 1, deleted 1, unchanged 1" in result.output
-    assert [c[0] for c in calls(local)[before:]] == ["GET", "POST", "DELETE"]
+    assert [c[0] for c in calls(local)[before:]] == ["GET", "DELETE", "POST"]
     remote = {s.schedule_id: s for s in sdk(server).schedule.list()}
     assert remote[OWNED + "process-tasks"].cron == "CRON_TZ=Europe/Lisbon 30 3 * * *"
     assert OWNED + "check-upcoming-payouts" not in remote

@@ -196,11 +196,12 @@ class RecordingClient:
         self.calls.append(("delete", schedule_id))
 
 
-def test_apply_upserts_then_deletes_and_skips_unchanged() -> None:
+def test_apply_deletes_then_upserts_and_skips_unchanged() -> None:
+    # Stale schedules go first, so that an account at its quota has room for the new ones.
     want = desired()
     remote = [as_remote(want[0]), as_remote(want[1], cron="1 1 * * *"),
               as_remote(want[0], schedule_id=PREFIX + "old")]
     client = RecordingClient()
     apply_plan(client, plan(want, remote, prefix=PREFIX))
-    assert client.calls == [("upsert", want[1].schedule_id), ("upsert", want[2].schedule_id),
-                            ("delete", PREFIX + "old")]
+    assert client.calls == [("delete", PREFIX + "old"), ("upsert", want[1].schedule_id),
+                            ("upsert", want[2].schedule_id)]
