@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, TextClause, bindparam, inspect, text
@@ -10,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from service import db
 from service.db import utcnow
 
+ROOT = Path(__file__).resolve().parent.parent
 RUN = ("INSERT INTO job_runs (id, message_id, job, retried, attempts, trigger, status,"
        " started_at, expires_at) VALUES (:id, :id, :job, 0, 1, 'qstash', :status, :now, :until)")
 LEASE = ("INSERT INTO job_leases (job, holder, acquired_at, expires_at)"
@@ -113,3 +118,23 @@ def test_run_statement_raises_driver_errors_as_sqlalchemy_does(engine: Engine) -
     # Each statement committed on its own: another connection sees the first run.
     with engine.connect() as other:
         assert other.execute(text("SELECT id FROM job_runs")).scalars().all() == ["r1"]
+
+
+def test_containers_starting_together_migrate_one_after_another(database_url: str) -> None:
+    # Each container runs `flask db upgrade` at start-up; none may fail on the others' tables.
+    env = {**os.environ, "DATABASE_URL": database_url, "FLASK_APP": "wsgi",
+           "FLASK_SKIP_DOTENV": "1"}
+    flask = [sys.executable, "-m", "flask", "db", "upgrade"]
+    started = [subprocess.Popen(flask, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    outputs = [process.communicate(timeout=120)[0] for process in started]
+
+    assert [process.returncode for process in started] == [0, 0, 0], outputs
+    engine = db.make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+        assert len(versions) == 1 and versions[0][0].startswith("0004")
+        assert "job_runs" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
