@@ -653,9 +653,9 @@ def cancel_reversed_payments(
                                                       transfer_group=transfer_group(row.payment_id))
                     except ProviderError as exc:
                         report.errors += 1
-                        log.warning("transfer %d: payment %s, but whether an earlier attempt "
-                                    "made the transfer is unknown (%s); not cancelled", row.id,
-                                    code, exc)
+                        log.warning("transfer %d: the customer's payment was %s, but whether "
+                                    "an earlier attempt made the transfer is unknown (%s); not "
+                                    "cancelled", row.id, code.removeprefix("payment_"), exc)
                         continue
                     if made is not None:
                         report.refunded_after_transfer += 1
