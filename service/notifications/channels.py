@@ -213,12 +213,12 @@ class SmtpChannel:
         server = self._server
         client = self._connect()
         try:
+            _greet(client)
             if server.security == "starttls":
-                client.ehlo()
                 # Raises SMTPNotSupportedError when the server does not offer it: asking for
                 # STARTTLS means never falling back to plain text.
                 client.starttls(context=_tls_context(verify=server.verify))
-                client.ehlo()
+                _greet(client)
             if server.username is not None and server.password is not None:
                 client.login(server.username, server.password)
             client.send_message(message, from_addr=self._envelope_from, to_addrs=[recipient])
@@ -313,6 +313,22 @@ def _quit_quietly(client: smtplib.SMTP) -> None:
         client.quit()
     except (smtplib.SMTPException, OSError):
         client.close()
+
+
+def _greet(client: smtplib.SMTP) -> None:
+    """Say EHLO (HELO to a server that knows only that); raise a refusal instead of going on.
+
+    smtplib only records a refused EHLO: the next step would then fail as "STARTTLS (or AUTH)
+    not supported", a permanent error, although a 421 only asks to be tried again later.
+    """
+    code, reply = client.ehlo()
+    if 200 <= code < 300:
+        return
+    if 500 <= code < 600:  # EHLO unknown to the server: greet the old way
+        code, reply = client.helo()
+        if 200 <= code < 300:
+            return
+    raise smtplib.SMTPHeloError(code, reply)
 
 
 def _classify(exc: smtplib.SMTPException | OSError) -> DeliveryError:

@@ -8,6 +8,8 @@ from email.message import EmailMessage
 from urllib.parse import quote
 
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from service.notifications import Channel, DeliveryError, Notice, SmtpChannel, render_notice
 from service.notifications.channels import message_id_for
@@ -17,6 +19,7 @@ from tests.notifications.conftest import (
     MAIL_FROM,
     RECIPIENT,
     Authenticator,
+    RecordingHandler,
     SmtpServer,
     StartSmtp,
     make_notice,
@@ -158,6 +161,30 @@ def test_starttls_is_never_skipped_when_the_server_lacks_it(smtp_server: SmtpSer
 
     assert (excinfo.value.retryable, excinfo.value.code) == (False, "not_supported")
     assert smtp_server.handler.envelopes == []
+
+
+class BusyGreeting(RecordingHandler):
+    """Answers EHLO with a temporary refusal, as a mail server shedding load does."""
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        return ["421 4.3.2 Service not available, try again later"]
+
+
+@pytest.mark.parametrize("scheme", ["smtp+starttls", "smtp"])
+def test_a_temporary_refusal_of_ehlo_is_retried_not_failed(scheme: str) -> None:
+    # Read as "STARTTLS not supported", it used to fail every notice of the run for good.
+    handler, port = BusyGreeting(), free_port()
+    controller = Controller(handler, hostname=HOST, port=port, ready_timeout=5.0)
+    controller.start()
+    try:
+        with pytest.raises(DeliveryError) as excinfo:
+            channel(f"{scheme}://{credentials()}@{HOST}:{port}?verify=false").send(make_notice())
+    finally:
+        controller.stop()
+    assert (excinfo.value.retryable, excinfo.value.code, excinfo.value.smtp_code) == (
+        True, "temporary_rejection", 421)
+    assert handler.envelopes == []
 
 
 def test_starttls_verifies_certificates_by_default(
