@@ -664,8 +664,13 @@ def cancel_reversed_payments(
                                   "not keep it", row.id, code.removeprefix("payment_"),
                                   made.provider_transfer_id)
                         continue
+                # Unless the row is as this check found it: a run that claimed it meanwhile
+                # (and released it, a transfer perhaps made) leaves it for the next check.
+                unclaimed = row.claimed_at is None
+                cancel = _CANCEL.where(T.claimed_at.is_(None) if unclaimed
+                                       else T.claimed_at == row.claimed_at)
                 with engine.begin() as connection:
-                    written = rowcount(connection.execute(_CANCEL, {
+                    written = rowcount(connection.execute(cancel, {
                         "tid": row.id, "now": clock(), "code": code,
                         "message": "the customer's payment was "
                                    + ("disputed" if state.disputed else "refunded")}))

@@ -156,27 +156,34 @@ def test_a_refund_cancels_a_claimed_row_only_once_the_provider_says_no_transfer_
 
 
 class ClaimedMeanwhile(SimulatedPayoutProvider):
-    """Reports a refund, while a transfer run claims the row between the check and the write."""
+    """Reports a refund, while a transfer run changes the row between the check and the write."""
 
-    def __init__(self, app: Flask) -> None:
+    def __init__(self, app: Flask, **changes: Any) -> None:
         super().__init__()
         self.app = app
+        self.changes = changes
 
     def payment_state(self, payment_id: str) -> PaymentState:
         with get_sessions(self.app).begin() as session:
             session.execute(update(PaymentTransfer)
                             .where(PaymentTransfer.payment_id == payment_id)
-                            .values(status="PROCESSING", claimed_by="other"))
+                            .values(**self.changes))
         return PaymentState(payment_id=payment_id, refunded=True, disputed=False)
 
 
-def test_a_cancellation_never_overwrites_a_claim(app: Flask) -> None:
+@pytest.mark.parametrize("changes", [
+    {"status": "PROCESSING", "claimed_by": "other", "claimed_at": utcnow()},
+    # Claimed, the call answered 5xx (a transfer may exist), released: PENDING again.
+    {"status": "PENDING", "claimed_by": None, "claimed_at": utcnow(), "attempts": 1,
+     "last_error_code": "provider_unavailable"},
+], ids=["still-claimed", "claimed-and-released"])
+def test_a_cancellation_never_overwrites_a_claim(app: Flask, changes: dict[str, Any]) -> None:
     add_expert(app)
     row_id = add_transfer(app)
-    use_provider(app, ClaimedMeanwhile(app))
+    use_provider(app, ClaimedMeanwhile(app, **changes))
     result = run(app, "process-tasks")
     assert (result["payments_checked"], result["cancelled_refunded"]) == (1, 0)
-    assert load_transfer(app, row_id).status == "PROCESSING"
+    assert load_transfer(app, row_id).status == changes["status"]
 
 
 def test_provider_errors_are_counted_and_the_run_goes_on(
