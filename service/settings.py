@@ -34,12 +34,20 @@ MIN_SCRUBBED_SECRET = 6
 T = TypeVar("T", bound=str)
 
 
+def _split_userinfo(url: str) -> tuple[str, str, str]:
+    """Split url into scheme (with '://'), user info and the rest.
+
+    The user info ends at the last '@', not where urlsplit's netloc ends: an unescaped '/',
+    '?' or '#' in a password ends the netloc early and would leave part of the password out.
+    """
+    scheme = match.group(0) if (match := URL_SCHEME_RE.match(url)) else ""
+    userinfo, _, rest = url[len(scheme):].rpartition("@")
+    return scheme, userinfo, rest
+
+
 def redact_url(url: str) -> str:
     """Return url fit for logs, errors and responses: without user info, query or fragment."""
-    scheme = match.group(0) if (match := URL_SCHEME_RE.match(url)) else ""
-    # Cut at the last '@' rather than at urlsplit's netloc: an unescaped '/', '?' or '#' in a
-    # password ends the netloc early and would leave the rest of the password in the output.
-    rest = url[len(scheme):].rpartition("@")[2]
+    scheme, _, rest = _split_userinfo(url)
     return scheme + re.split(r"[?#]", rest, maxsplit=1)[0]
 
 
@@ -266,9 +274,9 @@ class Settings:
 
 def _url_passwords(url: str | None) -> set[str]:
     """The password of a URL as its parser reads it, and as cut at the last '@' (redact_url)."""
-    if not url or not (match := URL_SCHEME_RE.match(url)):
+    if not url or not URL_SCHEME_RE.match(url):
         return set()
-    found = {url[match.end():].rpartition("@")[0].partition(":")[2]}
+    found = {_split_userinfo(url)[1].partition(":")[2]}
     try:
         found.add(urlsplit(url).password or "")
     except ValueError:
