@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.devstack import pick_port
+from devtools.devstack import job_names, pick_port
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +27,12 @@ def test_make_demo_runs_the_whole_system_once(env: dict[str, str]) -> None:
              if line.startswith(("process-", "check-"))}
     assert table == {"process-tasks": "succeeded", "check-upcoming-payouts": "succeeded",
                      "process-expert-transfers": "succeeded"}
-    assert "all three jobs succeeded" in out
+    assert "all 3 jobs succeeded" in out
+
+
+def test_the_stack_runs_every_registered_job() -> None:
+    assert set(job_names()) == {"process-tasks", "check-upcoming-payouts",
+                                "process-expert-transfers"}
 
 
 def test_a_taken_port_is_replaced_and_reported(capsys: pytest.CaptureFixture[str]) -> None:
