@@ -32,6 +32,8 @@ class LocalPayment:
 
 @dataclass(kw_only=True)
 class Fault:
+    """An error or a dropped connection waiting for the next matching requests."""
+
     status: int | None  # None drops the connection instead of answering
     times: int
     error_type: str
@@ -48,6 +50,8 @@ class Fault:
 
 @dataclass(frozen=True, kw_only=True)
 class StoredResponse:
+    """The answer kept under an idempotency key, replayed to a retry with that key."""
+
     method: str
     path: str
     params: tuple[tuple[str, str], ...]
@@ -58,6 +62,8 @@ class StoredResponse:
 
 @dataclass(kw_only=True)
 class State:
+    """Everything the double holds; replaced whole by `StripeLocal.reset`."""
+
     accounts: set[str] = field(default_factory=set)
     transfers: dict[str, dict[str, Any]] = field(default_factory=dict)
     transfer_keys: dict[str, str] = field(default_factory=dict)
@@ -67,7 +73,6 @@ class State:
     faults: list[Fault] = field(default_factory=list)
     payment_intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     charges: dict[str, dict[str, Any]] = field(default_factory=dict)
-
 
 
 def new_payment(*, amount: int, currency: str) -> tuple[dict[str, Any], dict[str, Any]]:

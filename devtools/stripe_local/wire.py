@@ -89,7 +89,6 @@ class StripeLocalError(Exception):
         return {"error": error}
 
 
-
 def key_from_authorization(header: str | None) -> str | None:
     if not header:
         return None
