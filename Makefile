@@ -53,11 +53,11 @@ migrate: install
 
 # The whole system: local QStash, the service, a schedule sync and one run of each job.
 run: install
-	$(PY) -m service.devstack run
+	$(PY) -m devtools.devstack run
 
-# The same, once: exits 0 only if all three jobs succeeded.
+# The same, once: exits 0 only if every job succeeded.
 demo: install
-	$(PY) -m service.devstack demo
+	$(PY) -m devtools.devstack demo
 
 # Only the service, with the settings from the environment or .env.
 serve: migrate

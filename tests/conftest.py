@@ -16,11 +16,11 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 
+from devtools.qstash_local import DEV_TOKEN, LocalQStash, LocalQStashConfig, RunningServer, serve
 from service import create_app, db, extensions
 from service.db import utcnow
 from service.extensions import get_engine
 from service.payouts.models import Expert, Notification, PaymentTransfer
-from service.qstash_local import DEV_TOKEN, LocalQStash, LocalQStashConfig, RunningServer, serve
 from tests.helpers import ADMIN_TOKEN, APP_URL, CURRENT_KEY, NEXT_KEY
 
 SETTING_PREFIXES = (

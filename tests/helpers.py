@@ -4,7 +4,6 @@ import contextlib
 import io
 import json
 import logging
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import requests
 from flask import Flask
 from sqlalchemy import select, text
 
+from devtools.gunicorn import free_port as free_port
 from service.extensions import get_engine, get_sessions
 from service.models import JobRun
 from service.signature import qstash_claims, sign_claims
@@ -61,12 +61,6 @@ def delivery_headers(
 
 def job_body(name: str, **extra: Any) -> bytes:
     return json.dumps({"job": name, **extra}, separators=(",", ":")).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until_live(url: str, process: subprocess.Popen[bytes], log: Path | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.devstack import pick_port
+from devtools.devstack import job_names, pick_port
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_make_demo_runs_the_whole_system_once(env: dict[str, str]) -> None:
     demo_env = {**os.environ, "DATABASE_URL": env["DATABASE_URL"], "FLASK_SKIP_DOTENV": "1",
                 "PORT": str(free_port()), "QSTASH_DEV_PORT": str(free_port())}
-    result = subprocess.run([sys.executable, "-m", "service.devstack", "demo"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "devtools.devstack", "demo"], cwd=ROOT,
                             env=demo_env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
@@ -27,7 +27,12 @@ def test_make_demo_runs_the_whole_system_once(env: dict[str, str]) -> None:
              if line.startswith(("process-", "check-"))}
     assert table == {"process-tasks": "succeeded", "check-upcoming-payouts": "succeeded",
                      "process-expert-transfers": "succeeded"}
-    assert "all three jobs succeeded" in out
+    assert "all 3 jobs succeeded" in out
+
+
+def test_the_stack_runs_every_registered_job() -> None:
+    assert set(job_names()) == {"process-tasks", "check-upcoming-payouts",
+                                "process-expert-transfers"}
 
 
 def test_a_taken_port_is_replaced_and_reported(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,9 +1,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,33 +8,18 @@ import pytest
 import requests
 from flask import Flask
 
+from devtools.gunicorn import running_gunicorn
 from service.extensions import get_sessions
 from service.jobs import run_history
-from tests.helpers import delivery_headers, free_port, job_body, wait_until_live
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import delivery_headers, job_body
 
 
 @pytest.fixture
 def server(app: Flask, env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """Run the real service under gunicorn on loopback, on the test database."""
-    port = free_port()
-    log = (tmp_path / "gunicorn.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env={**os.environ, **env, "GUNICORN_BIND": f"127.0.0.1:{port}",
-             "GUNICORN_WORKERS": "2"},
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_live(url, process, tmp_path / "gunicorn.log")
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-        log.close()
+    with running_gunicorn("wsgi:app", env={**os.environ, **env, "GUNICORN_WORKERS": "2"},
+                          log_path=tmp_path / "gunicorn.log") as gunicorn:
+        yield gunicorn.url
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,9 +16,8 @@ import requests
 from flask import Flask
 from qstash import QStash
 
-from service.extensions import get_sessions
-from service.jobs import run_history
-from service.qstash_local import (
+from devtools.gunicorn import running_gunicorn
+from devtools.qstash_local import (
     DEV_CURRENT_SIGNING_KEY,
     DEV_NEXT_SIGNING_KEY,
     DEV_TOKEN,
@@ -27,9 +25,11 @@ from service.qstash_local import (
     LocalQStashConfig,
     serve,
 )
+from service.extensions import get_sessions
+from service.jobs import run_history
 from service.signature import qstash_claims, sign_claims
 from tests.conftest import AppFactory
-from tests.helpers import free_port, wait_until_live
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,22 +95,16 @@ def stack(make_app: AppFactory, env: dict[str, str], request: pytest.FixtureRequ
                      "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
                      "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY}
         app = make_app(stack_env)
-        log = (tmp_path / "gunicorn.log").open("wb")
-        process = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "tests.probe_wsgi:app"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, **stack_env, "GUNICORN_BIND": f"127.0.0.1:{port}",
-                 "GUNICORN_WORKERS": "2"})
         sdk = QStash(DEV_TOKEN, base_url=qstash_server.url, retry=False)
         try:
-            wait_until_live(f"http://127.0.0.1:{port}", process, tmp_path / "gunicorn.log")
-            yield Stack(local=local, clock=clock, sdk=sdk, env=stack_env, app=app,
-                        url=f"http://127.0.0.1:{port}")
+            with running_gunicorn(
+                "tests.probe_wsgi:app", port=port, log_path=tmp_path / "gunicorn.log",
+                env={**os.environ, **stack_env, "GUNICORN_WORKERS": "2"},
+            ) as gunicorn:
+                yield Stack(local=local, clock=clock, sdk=sdk, env=stack_env, app=app,
+                            url=gunicorn.url)
         finally:
             sdk.http._client.close()
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
-            log.close()
 
 
 def test_update_then_check_reports_in_sync(stack: Stack) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from qstash import QStash
 
-from service.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
+from devtools.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
 from tests.helpers import free_port, wait_until_live
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,11 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from werkzeug.test import TestResponse
 
+from devtools.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
 from service import db
 from service.extensions import get_sessions
 from service.models import JobRun
 from service.qstash_api import QStashApi, QStashApiError
-from service.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
 from tests.conftest import AppFactory
 from tests.helpers import delivery_headers, job_body
 from tests.tcp_proxy import TcpProxy

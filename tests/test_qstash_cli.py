@@ -8,8 +8,8 @@ from click.testing import Result
 from flask import Flask
 from qstash import QStash
 
+from devtools.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
 from service.extensions import get_qstash
-from service.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
 from tests.conftest import AppFactory
 
 Local = tuple[LocalQStash, RunningServer]

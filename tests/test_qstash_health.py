@@ -7,10 +7,10 @@ from datetime import timedelta
 from flask import Flask
 from qstash import QStash
 
+from devtools.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
 from service.db import utcnow
 from service.extensions import get_sessions
 from service.models import JobRun
-from service.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
 from tests.conftest import AppFactory
 from tests.helpers import ADMIN_TOKEN, CURRENT_KEY, NEXT_KEY
 

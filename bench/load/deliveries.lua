@@ -1,7 +1,7 @@
 -- wrk script: verified QStash deliveries to POST /api/qstash, each with its own message id.
 --
 -- Every request carries a token of its own, as QStash's are (the service refuses a token that
--- was already used), and a fresh Upstash-Message-Id (<run>-<thread>-<counter>). run_load.py
+-- was already used), and a fresh Upstash-Message-Id (<run>-<thread>-<counter>). wrk.py
 -- mints the tokens into one file per thread, so no token appears on a command line. Settings
 -- come from the environment:
 --   BENCH_TOKENS      path prefix of the token files: thread N reads <prefix>-N (required)

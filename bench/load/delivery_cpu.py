@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.databases import SetupError
-from bench.load.run_load import DEFAULT_POSTGRES_URL, prepare_database, service_environment
+from bench.load.harness import DEFAULT_POSTGRES_URL, prepare_database, service_environment
+from devtools.qstash_local import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY
 from service import create_app, extensions, jobs
 from service.db import autocommit
 from service.extensions import get_engine, get_jobs
-from service.qstash_local import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY
 from service.signature import qstash_claims, sign_claims, verify_signature
 
 APP_URL = "http://bench.local"
@@ -62,7 +62,7 @@ def per_call_ms(call: Callable[[int], object], count: int, rounds: int) -> float
 
 @contextmanager
 def service(database_url: str, log_path: Path) -> Iterator[Any]:
-    """The no-op service app, configured as bench/load/run_load.py configures gunicorn."""
+    """The no-op service app, configured as bench/load/harness.py configures gunicorn."""
     env = service_environment(database_url=database_url, app_url=APP_URL, bind="", workers=1)
     saved = dict(os.environ)
     os.environ.clear()

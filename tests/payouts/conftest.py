@@ -5,9 +5,9 @@ from typing import Any
 
 import pytest
 
+from devtools.stripe_local import StripeLocal, StripeLocalServer, serve
 from service.payouts.provider import TransferRequest
 from service.payouts.stripe_provider import StripePayoutProvider
-from service.stripe_local import StripeLocal, StripeLocalServer, serve
 
 API_KEY = "sk_test_elevaPayoutsLocal4242"
 ACCOUNT = "acct_1ExpertLocal"

@@ -14,10 +14,10 @@ import requests
 from flask import Flask
 from sqlalchemy import insert, select
 
+from devtools.stripe_local import StripeLocal, StripeLocalServer
 from service.db import utcnow
 from service.extensions import get_sessions
 from service.payouts.models import PaymentTransfer
-from service.stripe_local import StripeLocal, StripeLocalServer
 from tests.conftest import AppFactory, add_expert, age_claims, outbox_rows
 
 from .conftest import ACCOUNT

@@ -11,10 +11,10 @@ import pytest
 from flask import Flask
 from sqlalchemy import select, update
 
+from devtools.stripe_local import StripeLocal, StripeLocalServer
 from service.db import utcnow
 from service.extensions import get_sessions
 from service.payouts.models import PaymentTransfer
-from service.stripe_local import StripeLocal, StripeLocalServer
 from tests.conftest import AppFactory, age_claims
 
 from .test_exactly_once import (

@@ -9,13 +9,13 @@ import pytest
 from flask import Flask
 from sqlalchemy import select, update
 
+from devtools.stripe_local import PaymentStatus, StripeLocal, StripeLocalServer
 from service.db import utcnow
 from service.extensions import KEY, get_payout_provider, get_sessions, services
 from service.models import DeliveryToken, JobRun
 from service.payouts.models import Notification, PaymentTransfer
 from service.payouts.provider import PaymentState, TransferRequest
 from service.payouts.simulated import SimulatedPayoutProvider
-from service.stripe_local import PaymentStatus, StripeLocal, StripeLocalServer
 from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer, outbox_rows
 from tests.helpers import service_log
 

@@ -11,8 +11,7 @@ from sqlalchemy import select
 
 from service.extensions import get_sessions
 from service.payouts.models import Expert, PaymentTransfer
-from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer, row_count
-from tests.helpers import ADMIN_TOKEN
+from tests.conftest import add_expert, add_transfer, load_transfer, row_count
 
 EXPERTS_CSV = """id,email,first_name,country,stripe_account_id,payouts_enabled
 exp_ana,ana@example.com,Ana,PT,acct_1Ana,true
@@ -110,38 +109,6 @@ def test_import_needs_a_known_format(runner: FlaskCliRunner, tmp_path: Path) -> 
     csv_rows = runner.invoke(args=["payouts", "import", "--format", "csv",
                                    write(tmp_path, "t2.txt", "expert_id,bogus\nexp,1,2\n")])
     assert "line 2: line: more values than columns" in csv_rows.output
-
-
-def test_demo_seed_covers_every_state(app: Flask, runner: FlaskCliRunner) -> None:
-    result = runner.invoke(args=["demo", "seed"])
-    assert result.exit_code == 0, result.output
-    with get_sessions(app)() as session:
-        statuses = set(session.scalars(select(PaymentTransfer.status)))
-        approvals = {(r.requires_approval, r.approved_at is not None)
-                     for r in session.scalars(select(PaymentTransfer))}
-    assert statuses == {"PENDING", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"}
-    assert {(True, False), (True, True), (False, False)} <= approvals
-    assert "already present" in runner.invoke(args=["demo", "seed"]).output
-    assert "nothing seeded" in runner.invoke(args=["demo", "seed", "--if-empty"]).output
-    count = row_count(app, PaymentTransfer)
-    reseeded = runner.invoke(args=["demo", "seed", "--reset"])
-    assert reseeded.exit_code == 0 and row_count(app, PaymentTransfer) == count
-
-    # The seeded ledger is one every job can work on.
-    client = app.test_client()
-    for job in ("process-tasks", "process-expert-transfers", "check-upcoming-payouts"):
-        response = client.post(f"/api/cron/{job}", headers={"Authorization":
-                                                            f"Bearer {ADMIN_TOKEN}"})
-        assert response.get_json()["status"] == "succeeded", job
-    assert response.get_json()["result"]["queued"] >= 1
-
-
-def test_demo_seed_is_refused_in_production(make_app: AppFactory, env: dict[str, str]) -> None:
-    app = make_app({**env, "APP_ENV": "production", "PAYOUT_PROVIDER": "stripe",
-                    "STRIPE_SECRET_KEY": "sk_test_x"})
-    result = app.test_cli_runner().invoke(args=["demo", "seed"])
-    assert result.exit_code == 1
-    assert "production" in result.output
 
 
 def test_approve_and_summary(app: Flask, runner: FlaskCliRunner) -> None:

@@ -11,6 +11,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import update
 
+from devtools.stripe_local import StripeLocal, StripeLocalServer
 from service.db import utcnow
 from service.extensions import get_engine, get_payout_provider, get_sessions
 from service.notifications import render_notice
@@ -20,7 +21,6 @@ from service.payouts.models import PaymentTransfer
 from service.payouts.provider import TransferRequest, TransferResult
 from service.payouts.simulated import SimulatedPayoutProvider
 from service.payouts.transfers import PayoutPolicy, process_due_transfers
-from service.stripe_local import StripeLocal, StripeLocalServer
 from tests.conftest import (
     AppFactory,
     add_expert,

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import requests
 
+from devtools.stripe_local import PaymentStatus, StripeLocal, StripeLocalServer
 from service.payouts.provider import (
     PayoutProvider,
     PermanentProviderError,
@@ -17,7 +18,6 @@ from service.payouts.provider import (
     redact_secrets,
 )
 from service.payouts.stripe_provider import StripePayoutProvider
-from service.stripe_local import PaymentStatus, StripeLocal, StripeLocalServer
 
 from .conftest import ACCOUNT, API_KEY
 

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from devtools.qstash_local import LocalQStash, RunningServer
 from service.extensions import get_jobs
 from service.jobs import JobContext
 from service.payouts.continuation import publish_continuation
-from service.qstash_local import LocalQStash, RunningServer
 from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer
 from tests.helpers import APP_URL, delivery_headers
 

@@ -12,7 +12,7 @@ from qstash import QStash
 from qstash.message import PublishResponse
 from werkzeug.datastructures import Headers
 
-from service.qstash_local import (
+from devtools.qstash_local import (
     DEV_TOKEN,
     LocalQStash,
     LocalQStashConfig,

@@ -7,7 +7,7 @@ import requests
 from qstash import QStash
 from qstash.errors import QStashError, RateLimitExceededError
 
-from service.qstash_local import (
+from devtools.qstash_local import (
     DEV_CURRENT_SIGNING_KEY,
     DEV_NEXT_SIGNING_KEY,
     DEV_TOKEN,

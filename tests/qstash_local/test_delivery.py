@@ -15,7 +15,7 @@ from qstash.errors import SignatureError
 from qstash.receiver import verify_with_key
 from qstash.schedule import ScheduleState
 
-from service.qstash_local import (
+from devtools.qstash_local import (
     DEV_CURRENT_SIGNING_KEY,
     DEV_NEXT_SIGNING_KEY,
     LocalQStash,

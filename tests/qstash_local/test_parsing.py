@@ -6,8 +6,8 @@ from email.utils import format_datetime
 import pytest
 import requests
 
-from service.qstash_local import LocalQStash, serve, serve_wsgi
-from service.qstash_local.parsing import (
+from devtools.qstash_local import LocalQStash, serve, serve_wsgi
+from devtools.qstash_local.parsing import (
     ApiError,
     build_destination,
     canonical_header,

@@ -1,18 +1,23 @@
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from flask import Flask
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import create_app, extensions
 from service.db import utcnow
-
-from . import outbox
-from .ledger import TransferInput, new_row
-from .models import Expert, Notification, PaymentTransfer
-from .rules import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING, DelayTable
+from service.extensions import get_sessions, get_settings
+from service.payouts import outbox
+from service.payouts.ledger import TransferInput, new_row
+from service.payouts.models import Expert, Notification, PaymentTransfer
+from service.payouts.rules import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING, DelayTable
 
 PREFIX: Final = "demo_"
 
@@ -36,6 +41,10 @@ CURRENCY: Final = {"PT": "eur", "ES": "eur", "DE": "eur", "FR": "eur", "IT": "eu
 
 class DemoDataPresent(Exception):
     """Demo rows exist already; reseeding needs --reset."""
+
+
+class SeedRefused(Exception):
+    """The seed was refused; the message says why and what to do."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,3 +200,49 @@ def _finish(session: Session, row: PaymentTransfer, plan: _Plan, expert: Expert,
         row.last_error_message = "the customer's payment was refunded"
     else:
         row.status = PENDING
+
+
+def seed_app(app: Flask, *, if_empty: bool = False, reset: bool = False) -> str:
+    """Seed the demo rows into the app's database (never in production); return a summary."""
+    settings = get_settings(app)
+    if settings.app_env == "production":
+        raise SeedRefused("refusing to seed demo data when APP_ENV=production")
+    sessions = get_sessions(app)
+    if if_empty and has_any_data(sessions):
+        return "the database already has experts; nothing seeded"
+    if reset:
+        remove_demo_data(sessions)
+    try:
+        report = seed_demo(sessions, settings.payout_delay_days)
+    except DemoDataPresent:
+        raise SeedRefused("demo data is already present; use --reset to replace it") from None
+    states = ", ".join(f"{status} {count}" for status, count in sorted(report.transfers.items()))
+    return (f"seeded {report.experts} experts and {sum(report.transfers.values())} "
+            f"transfers ({states})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `seed` against the database the environment (or .env) names."""
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo",
+                                     description="Sample data for local runs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    seed = commands.add_parser(
+        "seed", help="Add sample experts and transfers in every state (never in production).")
+    seed.add_argument("--if-empty", action="store_true",
+                      help="Do nothing if the database has any expert.")
+    seed.add_argument("--reset", action="store_true", help="Replace the demo rows if they exist.")
+    args = parser.parse_args(argv)
+    app = create_app()
+    try:
+        with app.app_context():
+            print(seed_app(app, if_empty=args.if_empty, reset=args.reset), flush=True)
+    except SeedRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        extensions.close(app)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

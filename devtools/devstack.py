@@ -1,7 +1,7 @@
 """Run the whole system on one machine: local QStash, the service under gunicorn, and a first sync.
 
-`python -m service.devstack run` keeps everything up until Ctrl-C; `demo` triggers the three jobs
-once, prints what each did and exits 0 only if all three succeeded.
+`python -m devtools.devstack run` keeps everything up until Ctrl-C; `demo` triggers every job of
+the registry once, prints what each did and exits 0 only if all of them succeeded.
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from .qstash_local import (
+from blueprints import BLUEPRINTS
+from devtools.gunicorn import GunicornError, running_gunicorn
+from devtools.qstash_local import (
     DEV_CURRENT_SIGNING_KEY,
     DEV_NEXT_SIGNING_KEY,
     DEV_TOKEN,
@@ -30,14 +32,19 @@ from .qstash_local import (
     RunningServer,
     serve,
 )
+from service.jobs import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-JOBS = ("process-tasks", "check-upcoming-payouts", "process-expert-transfers")
 
 
 class StackError(Exception):
     """The local stack could not start or a step failed; the message says which."""
+
+
+def job_names() -> tuple[str, ...]:
+    """Return the names of the jobs the service registers."""
+    return tuple(registry(BLUEPRINTS))
 
 
 def say(message: str) -> None:
@@ -78,12 +85,16 @@ def stack_env(base: Mapping[str, str], *, app_url: str, qstash_url: str) -> dict
     return env
 
 
-def flask(env: Mapping[str, str], *args: str, check: bool = True) -> str:
+def flask(env: Mapping[str, str], *args: str) -> str:
     """Run a `flask` command of this project; return its standard output."""
-    result = subprocess.run([str(BIN / "flask"), *args], cwd=ROOT, env=dict(env),
-                            capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise StackError(f"flask {' '.join(args)} failed:\n{result.stderr.strip()}")
+    return command(env, [str(BIN / "flask"), *args], f"flask {' '.join(args)}")
+
+
+def command(env: Mapping[str, str], argv: Sequence[str], name: str) -> str:
+    """Run argv in the project's root; return its standard output."""
+    result = subprocess.run(argv, cwd=ROOT, env=dict(env), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StackError(f"{name} failed:\n{result.stderr.strip()}")
     return result.stdout
 
 
@@ -103,47 +114,27 @@ def local_qstash(host: str, port: int, *, backoff_scale: float) -> Iterator[Runn
 @contextmanager
 def service(env: Mapping[str, str], host: str, port: int) -> Iterator[str]:
     """Run the service under gunicorn until the block ends; yield its URL once it is live."""
-    process = subprocess.Popen(
-        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT, env={**env, "GUNICORN_BIND": f"{host}:{port}"},
-    )
-    url = f"http://{host}:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(url + "/readyz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if process.poll() is not None:
-                raise StackError(f"gunicorn exited with code {process.returncode}")
-            if time.monotonic() > deadline:
-                raise StackError("the service did not become ready within 60 s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        with running_gunicorn("wsgi:app", env=env, host=host, port=port, ready_path="/readyz",
+                              timeout=60) as server:
+            yield server.url
+    except GunicornError as exc:
+        raise StackError(str(exc).strip()) from None
 
 
 def prepare(env: Mapping[str, str]) -> None:
     say("migrating the database")
     flask(env, "db", "upgrade")
     say("seeding demo data (only into an empty database)")
-    print(flask(env, "demo", "seed", "--if-empty").strip())
+    seed = [sys.executable, "-m", "devtools.demo", "seed", "--if-empty"]
+    print(command(env, seed, "python -m devtools.demo seed").strip())
 
 
-def trigger_all(env: Mapping[str, str]) -> dict[str, str]:
+def trigger_all(env: Mapping[str, str], jobs: Sequence[str]) -> dict[str, str]:
     say("syncing schedules: flask qstash update")
     print(flask(env, "qstash", "update").rstrip())
     messages = {}
-    for job in JOBS:
+    for job in jobs:
         messages[job] = flask(env, "qstash", "trigger", job).strip()
         say(f"triggered {job}: message {messages[job]}")
     return messages
@@ -168,9 +159,9 @@ def wait_for_runs(url: str, token: str, messages: Mapping[str, str], *, timeout:
     return finished
 
 
-def print_runs(runs: Mapping[str, Mapping[str, Any]]) -> None:
+def print_runs(runs: Mapping[str, Mapping[str, Any]], jobs: Sequence[str]) -> None:
     print(f"{'JOB':<28} {'STATUS':<10} {'MS':>7}  RESULT")
-    for job in JOBS:
+    for job in jobs:
         run = runs.get(job)
         if run is None:
             print(f"{job:<28} {'no run':<10} {'-':>7}  (not delivered in time)")
@@ -181,7 +172,7 @@ def print_runs(runs: Mapping[str, Mapping[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.devstack", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.devstack", description=__doc__)
     parser.add_argument("mode", choices=("run", "demo"))
     args = parser.parse_args(argv)
     host = "127.0.0.1"
@@ -190,17 +181,18 @@ def main(argv: list[str] | None = None) -> int:
                             "the local QStash server")
     env = stack_env(os.environ, app_url=f"http://{host}:{port}",
                     qstash_url=f"http://{host}:{qstash_port}")
+    jobs = job_names()
     try:
         prepare(env)
         with local_qstash(host, qstash_port, backoff_scale=0.01) as qstash, \
                 service(env, host, port) as url:
-            messages = trigger_all(env)
+            messages = trigger_all(env, jobs)
             token = env["ADMIN_API_TOKEN"]
             if args.mode == "demo":
                 runs = wait_for_runs(url, token, messages)
-                print_runs(runs)
-                ok = all(runs.get(job, {}).get("status") == "succeeded" for job in JOBS)
-                say("all three jobs succeeded" if ok else "some jobs did not succeed")
+                print_runs(runs, jobs)
+                ok = all(runs.get(job, {}).get("status") == "succeeded" for job in jobs)
+                say(f"all {len(jobs)} jobs succeeded" if ok else "some jobs did not succeed")
                 return 0 if ok else 1
             print(f"""
   service        {url}   (health: {url}/readyz)

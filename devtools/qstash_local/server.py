@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from service.serving import RunningServer, serve_wsgi
+from devtools.serving import RunningServer, serve_wsgi
 
 if TYPE_CHECKING:
     from .core import LocalQStash
