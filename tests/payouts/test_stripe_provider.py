@@ -14,9 +14,9 @@ from service.payouts.provider import (
     ProviderError,
     TransferRequest,
     TransientProviderError,
-    redact_secrets,
 )
 from service.payouts.stripe_provider import StripePayoutProvider
+from service.redaction import redact_secrets
 from service.stripe_local import PaymentStatus, StripeLocal, StripeLocalServer
 
 from .conftest import ACCOUNT, API_KEY
