@@ -10,9 +10,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db import utcnow
 
 from . import outbox
-from .ledger import TransferInput, new_row
 from .models import Expert, Notification, PaymentTransfer
+from .registry import new_row
 from .rules import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING, DelayTable
+from .validation import TransferInput
 
 PREFIX: Final = "demo_"
 
