@@ -9,6 +9,7 @@ from typing import Any, Literal
 from sqlalchemy import (
     Connection,
     Engine,
+    Update,
     and_,
     bindparam,
     case,
@@ -17,7 +18,6 @@ from sqlalchemy import (
     or_,
     select,
     true,
-    tuple_,
     update,
 )
 
@@ -25,7 +25,7 @@ from service.db import rowcount
 
 from .models import Expert, PaymentTransfer
 from .rules import PENDING, PROCESSING
-from .sql import AnyRow, AnySelect, is_, is_postgresql
+from .sql import AnyRow, AnySelect, after_key, is_, is_postgresql
 
 log = logging.getLogger("eleva.payouts")
 
@@ -78,10 +78,7 @@ def claim_query(phase: str, now: datetime, after: tuple[datetime, int] | None,
         # Due by date and not waiting for approval (ix_payment_transfers_pending_due).
         query = query.where(PaymentTransfer.scheduled_transfer_at <= now,
                             PaymentTransfer.requires_approval == false())
-    if after is not None:
-        query = query.where(
-            tuple_(PaymentTransfer.scheduled_transfer_at, PaymentTransfer.id) > tuple_(*after))
-    return query
+    return after_key(query, after, PaymentTransfer.scheduled_transfer_at, PaymentTransfer.id)
 
 
 _CLAIM = (
@@ -91,6 +88,15 @@ _CLAIM = (
     .values(status=PROCESSING, claimed_by=bindparam("run"), claimed_at=bindparam("now"),
             updated_at=bindparam("now"))
 )
+
+
+def update_held() -> Update:
+    """Start an UPDATE of row `tid` only while run `run` holds it in PROCESSING."""
+    return (
+        update(PaymentTransfer)
+        .where(PaymentTransfer.id == bindparam("tid"), is_(PaymentTransfer.status, PROCESSING),
+               PaymentTransfer.claimed_by == bindparam("run"))
+    )
 
 
 @dataclass(kw_only=True)

@@ -7,17 +7,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 
-from sqlalchemy import Engine, bindparam, select, tuple_, update
+from sqlalchemy import Engine, bindparam, select, update
 
 from service.db import rowcount, utcnow
 
 from . import outbox
+from .claims import update_held
 from .models import Expert, PaymentTransfer
 from .policy import PayoutPolicy
 from .pool import WorkerPool, closer
 from .provider import PayoutProvider, ProviderError
 from .rules import CANCELLED, COMPLETED, PENDING, PROCESSING, transfer_group
-from .sql import AnyRow, is_
+from .sql import AnyRow, after_key, is_
 
 log = logging.getLogger("eleva.payouts")
 
@@ -30,17 +31,13 @@ class RecoveryReport:
 
 
 _RECOVER_COMPLETE = (
-    update(PaymentTransfer)
-    .where(PaymentTransfer.id == bindparam("tid"), is_(PaymentTransfer.status, PROCESSING),
-           PaymentTransfer.claimed_by == bindparam("run"))
+    update_held()
     .values(status=COMPLETED, provider_transfer_id=bindparam("provider_id"),
             transferred_at=bindparam("now"), next_attempt_at=None, last_error_code=None,
             last_error_message=None, updated_at=bindparam("now"))
 )
 _RECOVER_RELEASE = (
-    update(PaymentTransfer)
-    .where(PaymentTransfer.id == bindparam("tid"), is_(PaymentTransfer.status, PROCESSING),
-           PaymentTransfer.claimed_by == bindparam("run"))
+    update_held()
     .values(status=PENDING, next_attempt_at=None, last_error_code="recovered",
             last_error_message="released after its run stopped without an outcome",
             updated_at=bindparam("now"))
@@ -111,9 +108,7 @@ def _stale_rows(engine: Engine, *, stale_before: datetime, after: tuple[datetime
         .order_by(PaymentTransfer.claimed_at, PaymentTransfer.id)
         .limit(size)
     )
-    if after is not None:
-        query = query.where(
-            tuple_(PaymentTransfer.claimed_at, PaymentTransfer.id) > tuple_(*after))
+    query = after_key(query, after, PaymentTransfer.claimed_at, PaymentTransfer.id)
     with engine.connect() as connection:
         return list(connection.execute(query).all())
 
@@ -219,8 +214,6 @@ def _pending_within(engine: Engine, *, horizon: datetime, after: tuple[datetime,
         .order_by(PaymentTransfer.scheduled_transfer_at, PaymentTransfer.id)
         .limit(size)
     )
-    if after is not None:
-        query = query.where(
-            tuple_(PaymentTransfer.scheduled_transfer_at, PaymentTransfer.id) > tuple_(*after))
+    query = after_key(query, after, PaymentTransfer.scheduled_transfer_at, PaymentTransfer.id)
     with engine.connect() as connection:
         return list(connection.execute(query).all())

@@ -9,13 +9,12 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Final, Literal
 
-from sqlalchemy import Connection, Engine, bindparam, update
+from sqlalchemy import Connection, Engine, bindparam
 
 from service.db import rowcount, utcnow
 
 from . import outbox
-from .claims import ClaimCursor, Claimed, claim_batch, count_due
-from .models import PaymentTransfer
+from .claims import ClaimCursor, Claimed, claim_batch, count_due, update_held
 from .policy import PayoutPolicy
 from .pool import WorkerPool, closer
 from .provider import (
@@ -30,12 +29,10 @@ from .rules import (
     FAILED,
     MAX_RETRY_BACKOFF,
     PENDING,
-    PROCESSING,
     idempotency_key,
     retry_backoff,
     transfer_group,
 )
-from .sql import is_
 
 log = logging.getLogger("eleva.payouts")
 
@@ -116,26 +113,20 @@ class TransferRunReport:
 
 
 _COMPLETE = (
-    update(PaymentTransfer)
-    .where(PaymentTransfer.id == bindparam("tid"), is_(PaymentTransfer.status, PROCESSING),
-           PaymentTransfer.claimed_by == bindparam("run"))
+    update_held()
     .values(status=COMPLETED, provider_transfer_id=bindparam("provider_id"),
             transferred_at=bindparam("now"), attempts=bindparam("new_attempts"),
             next_attempt_at=None, last_error_code=None, last_error_message=None,
             updated_at=bindparam("now"))
 )
 _RELEASE = (
-    update(PaymentTransfer)
-    .where(PaymentTransfer.id == bindparam("tid"), is_(PaymentTransfer.status, PROCESSING),
-           PaymentTransfer.claimed_by == bindparam("run"))
+    update_held()
     .values(status=PENDING, attempts=bindparam("new_attempts"),
             next_attempt_at=bindparam("next_at"), last_error_code=bindparam("code"),
             last_error_message=bindparam("message"), updated_at=bindparam("now"))
 )
 _FAIL = (
-    update(PaymentTransfer)
-    .where(PaymentTransfer.id == bindparam("tid"), is_(PaymentTransfer.status, PROCESSING),
-           PaymentTransfer.claimed_by == bindparam("run"))
+    update_held()
     .values(status=FAILED, attempts=bindparam("new_attempts"), next_attempt_at=None,
             last_error_code=bindparam("code"), last_error_message=bindparam("message"),
             updated_at=bindparam("now"))

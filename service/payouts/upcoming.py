@@ -5,14 +5,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import Engine, bindparam, false, select, true, tuple_, update
+from sqlalchemy import Engine, bindparam, false, select, true, update
 
 from service.db import rowcount
 
 from . import outbox
 from .models import Expert, PaymentTransfer
 from .rules import PENDING
-from .sql import is_
+from .sql import after_key, is_
 
 # A daily run notifies each row one to two days before it is due. The window starts at `now`,
 # not a day later: a row that two runs' windows missed (a retried delivery starts later than the
@@ -60,9 +60,7 @@ def queue_upcoming_notices(engine: Engine, *, now: datetime, deadline: float) ->
             .order_by(PaymentTransfer.scheduled_transfer_at, PaymentTransfer.id)
             .limit(BATCH)
         )
-        if after is not None:
-            query = query.where(
-                tuple_(PaymentTransfer.scheduled_transfer_at, PaymentTransfer.id) > tuple_(*after))
+        query = after_key(query, after, PaymentTransfer.scheduled_transfer_at, PaymentTransfer.id)
         with engine.begin() as connection:
             rows = connection.execute(query).all()
             for row in rows:
