@@ -35,10 +35,12 @@ from sqlalchemy.engine import make_url
 from bench.databases import reset_postgres
 from service import db
 from service.db import make_engine, normalise_url, utcnow
+from service.payouts.claims import claim_query
 from service.payouts.models import Expert, Notification, PaymentTransfer
+from service.payouts.payrun import process_due_transfers
+from service.payouts.policy import PayoutPolicy
 from service.payouts.provider import PaymentState, TransferRequest, TransferResult
 from service.payouts.simulated import SimulatedPayoutProvider, simulated_transfer_id
-from service.payouts.transfers import PayoutPolicy, T, _claim_query, process_due_transfers
 
 EXPERTS = 2_000
 CHUNK = 5_000
@@ -126,9 +128,9 @@ def seed(engine: Engine, *, total: int, due: int) -> None:
 
 def explain(engine: Engine) -> list[str]:
     """Return the plan of the first claim query of the due phase, as the database chooses it."""
-    query = _claim_query("due", utcnow(), None, 32)
+    query = claim_query("due", utcnow(), None, 32)
     if engine.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=T)
+        query = query.with_for_update(skip_locked=True, of=PaymentTransfer)
     sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
     with engine.connect() as connection:
         if engine.dialect.name == "sqlite":

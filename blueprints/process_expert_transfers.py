@@ -7,7 +7,8 @@ from service.extensions import get_engine, get_notifier, get_payout_provider, ge
 from service.jobs import Job, JobBlueprint, JobContext
 from service.payouts.continuation import publish_continuation
 from service.payouts.outbox import deliver_pending
-from service.payouts.transfers import PayoutPolicy, process_due_transfers
+from service.payouts.payrun import process_due_transfers
+from service.payouts.policy import PayoutPolicy
 
 
 def process_expert_transfers(ctx: JobContext) -> Mapping[str, Any]:

@@ -18,7 +18,8 @@ from service.extensions import (
 from service.jobs import Job, JobBlueprint, JobContext
 from service.models import DeliveryToken, JobRun
 from service.payouts import outbox
-from service.payouts.transfers import PayoutPolicy, cancel_reversed_payments, recover_stale
+from service.payouts.maintenance import cancel_reversed_payments, recover_stale
+from service.payouts.policy import PayoutPolicy
 
 
 def process_tasks(ctx: JobContext) -> Mapping[str, Any]:

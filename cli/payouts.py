@@ -10,10 +10,18 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import func, select
 
-from service.errors import AppError
 from service.extensions import get_sessions, get_settings
-from service.payouts import ledger
-from service.payouts.importer import EXTENSIONS, Format, detect_format, read_records
+from service.payouts import registry
+from service.payouts.errors import InvalidInput, PayoutError
+from service.payouts.importer import (
+    EXTENSIONS,
+    Format,
+    ImportRejected,
+    detect_format,
+    import_experts,
+    import_transfers,
+    read_records,
+)
 from service.payouts.models import Notification, PaymentTransfer
 from service.payouts.rules import TRANSFER_STATUSES
 
@@ -41,12 +49,11 @@ def import_file(file: Path, fmt: Format | None, kind: str) -> None:
     records = _read(file, fmt)
     try:
         if kind == "experts":
-            report = ledger.import_experts(get_sessions(), records, from_text=fmt == "csv")
+            report = import_experts(get_sessions(), records, from_text=fmt == "csv")
         else:
-            report = ledger.import_transfers(get_sessions(), records,
-                                             get_settings().payout_delay_days,
-                                             from_text=fmt == "csv")
-    except ledger.ImportRejected as exc:
+            report = import_transfers(get_sessions(), records, get_settings().payout_delay_days,
+                                      from_text=fmt == "csv")
+    except ImportRejected as exc:
         for error in exc.errors[:MAX_ERRORS_SHOWN]:
             click.echo(str(error), err=True)
         hidden = len(exc.errors) - MAX_ERRORS_SHOWN
@@ -81,10 +88,10 @@ def _read(file: Path, fmt: Format) -> Iterator[tuple[int, Any]]:
 def approve(transfer_id: int, approved_by: str) -> None:
     """Approve transfer TRANSFER_ID; it is paid on the next run, whatever its date."""
     try:
-        row = ledger.approve_transfer(get_sessions(), transfer_id, approved_by)
-    except AppError as exc:
-        details = "".join(f"; {name}: {problem}"
-                          for name, problem in exc.extra.get("fields", {}).items())
+        row = registry.approve_transfer(get_sessions(), transfer_id, approved_by)
+    except PayoutError as exc:
+        fields = exc.fields if isinstance(exc, InvalidInput) else {}
+        details = "".join(f"; {name}: {problem}" for name, problem in fields.items())
         raise click.ClickException(f"{exc.code}: {exc.message}{details}") from None
     click.echo(f"transfer {row['id']} approved by {row['approved_by']} at {row['approved_at']}")
 

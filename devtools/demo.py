@@ -15,9 +15,10 @@ from service import create_app, extensions
 from service.db import utcnow
 from service.extensions import get_sessions, get_settings
 from service.payouts import outbox
-from service.payouts.ledger import TransferInput, new_row
 from service.payouts.models import Expert, Notification, PaymentTransfer
+from service.payouts.registry import new_row
 from service.payouts.rules import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING, DelayTable
+from service.payouts.validation import TransferInput
 
 PREFIX: Final = "demo_"
 

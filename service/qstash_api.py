@@ -10,8 +10,8 @@ import httpx
 from qstash import QStash
 from qstash.errors import QStashError, RateLimitExceededError
 
+from .redaction import redact_url
 from .schedules import DesiredSchedule, RemoteSchedule, remote_from_sdk
-from .settings import redact_url
 
 log = logging.getLogger("eleva.qstash")
 T = TypeVar("T")

@@ -1,16 +1,15 @@
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
-from .payouts.provider import redact_secrets
 from .payouts.rules import DEFAULT_DELAY_DAYS, DelayTable, parse_delay_table
+from .redaction import Scrubber, redact_url
 
 AppEnv = Literal["development", "staging", "production"]
 LogFormat = Literal["json", "text"]
@@ -24,31 +23,9 @@ PAYOUT_PROVIDERS: tuple[PayoutProviderName, ...] = ("stripe", "simulated")
 NOTIFIERS: tuple[NotifierName, ...] = ("log", "smtp")
 MAX_PAYOUT_CONCURRENCY = 64
 SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
-URL_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # Field metadata: repr shows the value through redact_url.
 URL = {"url": True}
-REDACTED = "[redacted]"
-# Configured secrets shorter than this are not scrubbed from text: replacing every occurrence of
-# a two-letter password would garble the logs and hide nothing.
-MIN_SCRUBBED_SECRET = 6
 T = TypeVar("T", bound=str)
-
-
-def _split_userinfo(url: str) -> tuple[str, str, str]:
-    """Split url into scheme (with '://'), user info and the rest.
-
-    The user info ends at the last '@', not where urlsplit's netloc ends: an unescaped '/',
-    '?' or '#' in a password ends the netloc early and would leave part of the password out.
-    """
-    scheme = match.group(0) if (match := URL_SCHEME_RE.match(url)) else ""
-    userinfo, _, rest = url[len(scheme):].rpartition("@")
-    return scheme, userinfo, rest
-
-
-def redact_url(url: str) -> str:
-    """Return url fit for logs, errors and responses: without user info, query or fragment."""
-    scheme, _, rest = _split_userinfo(url)
-    return scheme + re.split(r"[?#]", rest, maxsplit=1)[0]
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -108,17 +85,12 @@ class Settings:
         return f"{type(self).__name__}({', '.join(shown)})"
 
     @functools.cached_property
-    def _secret_forms(self) -> tuple[str, ...]:
-        values = {self.qstash_token, self.qstash_current_signing_key,
-                  self.qstash_next_signing_key, self.admin_api_token, self.stripe_secret_key}
-        for url in (self.database_url, self.smtp_url):
-            for password in _url_passwords(url):
-                values |= {password, unquote(password)}
-        forms = set()
-        for value in values:
-            if value and len(value) >= MIN_SCRUBBED_SECRET:
-                forms |= {value, json.dumps(value)[1:-1]}  # as written, and inside JSON text
-        return tuple(sorted(forms, key=len, reverse=True))
+    def _scrubber(self) -> Scrubber:
+        return Scrubber.of(
+            (self.qstash_token, self.qstash_current_signing_key, self.qstash_next_signing_key,
+             self.admin_api_token, self.stripe_secret_key),
+            urls=(self.database_url, self.smtp_url),
+        )
 
     def scrub(self, text: str) -> str:
         """Return text without the configured secrets, API keys or authorization credentials.
@@ -126,10 +98,7 @@ class Settings:
         Applied to every log line and to the error a failed run stores, so that an exception
         whose message quotes a token, a key or a database password does not carry it further.
         """
-        for secret in self._secret_forms:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return redact_secrets(text)
+        return self._scrubber(text)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -270,18 +239,6 @@ class Settings:
             retention_job_runs_days=integer("RETENTION_JOB_RUNS_DAYS", 30, minimum=1),
             retention_notifications_days=integer("RETENTION_NOTIFICATIONS_DAYS", 90, minimum=1),
         )
-
-
-def _url_passwords(url: str | None) -> set[str]:
-    """The password of a URL as its parser reads it, and as cut at the last '@' (redact_url)."""
-    if not url or not URL_SCHEME_RE.match(url):
-        return set()
-    found = {_split_userinfo(url)[1].partition(":")[2]}
-    try:
-        found.add(urlsplit(url).password or "")
-    except ValueError:
-        pass
-    return found - {""}
 
 
 def _at_after_authority(url: str) -> bool:

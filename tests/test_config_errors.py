@@ -13,7 +13,7 @@ from flask.cli import cli as flask_cli
 
 from service import create_app, db
 from service.errors import ConfigurationError
-from service.settings import redact_url
+from service.redaction import redact_url
 from tests.conftest import AppFactory
 from tests.helpers import ADMIN_TOKEN, service_log
 

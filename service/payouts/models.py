@@ -20,7 +20,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base, utcnow
 
-# Partial-index predicates. Queries repeat them as literal SQL (see ledger.sql_status): SQLite
+# Partial-index predicates. Queries repeat them as literal SQL (see sql.is_): SQLite
 # and PostgreSQL generic plans only use a partial index when the query states the same constant.
 PENDING_ONLY: Final = "status = 'PENDING'"
 PENDING_APPROVED: Final = "status = 'PENDING' AND approved_at IS NOT NULL"

@@ -84,3 +84,9 @@ class WorkerPool:
                     self._cleanup()
                 except Exception:
                     log.exception("worker cleanup failed")
+
+
+def closer(client: object) -> Callable[[], None] | None:
+    """Return the client's per-thread close(), if it has one: a pool's `cleanup`."""
+    close = getattr(client, "close", None)
+    return close if callable(close) else None

@@ -154,7 +154,7 @@ def is_due(
 
 
 def idempotency_key(env: str, transfer_id: int) -> str:
-    """Return the provider idempotency key of a ledger row: `<env>:transfer:<id>`."""
+    """Return the provider idempotency key of a transfer row: `<env>:transfer:<id>`."""
     return f"{env}:transfer:{transfer_id}"
 
 

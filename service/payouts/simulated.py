@@ -88,7 +88,7 @@ class SimulatedPayoutProvider:
         return existing.result
 
     def find_transfer(self, *, transfer_id: str, transfer_group: str) -> TransferResult | None:
-        """Return the transfer created for ledger row `transfer_id` in `transfer_group`, if any."""
+        """Return the transfer made for transfer row `transfer_id` in `transfer_group`, if any."""
         with self._lock:
             for transfer in self._created:
                 request = transfer.request

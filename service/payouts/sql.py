@@ -1,15 +1,16 @@
 from __future__ import annotations
 
 import re
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Row, Select, String, literal_column
+from sqlalchemy import ColumnElement, Connection, Row, Select, String, literal_column, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute
 
 _CONSTANT_RE = re.compile(r"[A-Z_]+")
 AnySelect: TypeAlias = Select[*tuple[Any, ...]]
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
+SelectT = TypeVar("SelectT", bound=AnySelect)
 
 
 def is_(column: InstrumentedAttribute[str], status: str) -> ColumnElement[bool]:
@@ -22,6 +23,11 @@ def is_(column: InstrumentedAttribute[str], status: str) -> ColumnElement[bool]:
     if not _CONSTANT_RE.fullmatch(status):
         raise ValueError(f"not a status constant: {status!r}")
     return column == literal_column(f"'{status}'", String)
+
+
+def after_key(query: SelectT, after: tuple[Any, ...] | None, *key: Any) -> SelectT:
+    """Continue a scan in `key` order past the last key it saw (`after`), if any."""
+    return query if after is None else query.where(tuple_(*key) > tuple_(*after))
 
 
 def insert_ignoring_conflicts(connection: Connection, table: Any, values: dict[str, Any]) -> bool:

@@ -81,7 +81,7 @@ class StripePayoutProvider:
         return _transfer_result(transfer)
 
     def find_transfer(self, *, transfer_id: str, transfer_group: str) -> TransferResult | None:
-        """Return the transfer whose metadata names ledger row `transfer_id`, if one was made."""
+        """Return the transfer whose metadata names transfer row `transfer_id`, if one was made."""
         try:
             page = self._client.v1.transfers.list({"transfer_group": transfer_group, "limit": 100})
             for transfer in page.auto_paging_iter():

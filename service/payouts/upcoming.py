@@ -5,17 +5,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import Engine, bindparam, false, select, true, tuple_, update
+from sqlalchemy import Engine, bindparam, false, select, true, update
 
 from service.db import rowcount
 
 from . import outbox
 from .models import Expert, PaymentTransfer
 from .rules import PENDING
-from .sql import is_
+from .sql import after_key, is_
 
-T = PaymentTransfer
-E = Expert
 # A daily run notifies each row one to two days before it is due. The window starts at `now`,
 # not a day later: a row that two runs' windows missed (a retried delivery starts later than the
 # day before's) or that was registered less than a day before it is due is still notified, by
@@ -24,8 +22,9 @@ WINDOW_END: Final = timedelta(days=2)
 BATCH: Final = 200
 
 _MARK = (
-    update(T)
-    .where(T.id == bindparam("tid"), is_(T.status, PENDING), T.notified_at.is_(None))
+    update(PaymentTransfer)
+    .where(PaymentTransfer.id == bindparam("tid"), is_(PaymentTransfer.status, PENDING),
+           PaymentTransfer.notified_at.is_(None))
     .values(notified_at=bindparam("now"), updated_at=bindparam("now"))
 )
 
@@ -48,17 +47,20 @@ def queue_upcoming_notices(engine: Engine, *, now: datetime, deadline: float) ->
     after: tuple[datetime, int] | None = None
     while time.monotonic() < deadline:
         query = (
-            select(T.id, T.scheduled_transfer_at, T.amount, T.currency, E.email, E.first_name)
-            .join(E, E.id == T.expert_id)
-            .where(is_(T.status, PENDING), T.scheduled_transfer_at > now,
-                   T.scheduled_transfer_at < end, T.notified_at.is_(None),
-                   T.requires_approval == false(), E.payouts_enabled == true(),
-                   E.stripe_account_id.is_not(None))
-            .order_by(T.scheduled_transfer_at, T.id)
+            select(PaymentTransfer.id, PaymentTransfer.scheduled_transfer_at,
+                   PaymentTransfer.amount, PaymentTransfer.currency, Expert.email,
+                   Expert.first_name)
+            .join(Expert, Expert.id == PaymentTransfer.expert_id)
+            .where(is_(PaymentTransfer.status, PENDING),
+                   PaymentTransfer.scheduled_transfer_at > now,
+                   PaymentTransfer.scheduled_transfer_at < end,
+                   PaymentTransfer.notified_at.is_(None),
+                   PaymentTransfer.requires_approval == false(), Expert.payouts_enabled == true(),
+                   Expert.stripe_account_id.is_not(None))
+            .order_by(PaymentTransfer.scheduled_transfer_at, PaymentTransfer.id)
             .limit(BATCH)
         )
-        if after is not None:
-            query = query.where(tuple_(T.scheduled_transfer_at, T.id) > tuple_(*after))
+        query = after_key(query, after, PaymentTransfer.scheduled_transfer_at, PaymentTransfer.id)
         with engine.begin() as connection:
             rows = connection.execute(query).all()
             for row in rows:

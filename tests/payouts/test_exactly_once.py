@@ -33,7 +33,8 @@ def pay_in_fresh_process(env: dict[str, str], run_id: str, start_at: float) -> d
     second process skip, and it is the claiming itself that is under test.
     """
     from service import create_app, extensions
-    from service.payouts.transfers import PayoutPolicy, process_due_transfers
+    from service.payouts.payrun import process_due_transfers
+    from service.payouts.policy import PayoutPolicy
 
     app = create_app(env)
     try:

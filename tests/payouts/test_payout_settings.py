@@ -13,9 +13,9 @@ from service.db import Base, utcnow
 from service.errors import ConfigurationError
 from service.extensions import get_engine, get_notifier, get_payout_provider
 from service.notifications import LogChannel, SmtpChannel
+from service.payouts.claims import claim_query
 from service.payouts.simulated import SimulatedPayoutProvider
 from service.payouts.stripe_provider import StripePayoutProvider
-from service.payouts.transfers import _claim_query
 from service.settings import Settings
 from tests.conftest import AppFactory
 
@@ -129,7 +129,7 @@ def test_due_selection_uses_the_partial_indexes(app: Flask) -> None:
     for phase, index in (("due", "ix_payment_transfers_pending_due"),
                          ("approved", "ix_payment_transfers_pending_approved")):
         for after in (None, (now, 7)):
-            query = _claim_query(phase, now, after, 16)
+            query = claim_query(phase, now, after, 16)
             sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
             with engine.connect() as connection:
                 if engine.dialect.name == "sqlite":

@@ -16,11 +16,12 @@ from service.db import utcnow
 from service.extensions import get_engine, get_payout_provider, get_sessions
 from service.notifications import render_notice
 from service.notifications.render import Notice
-from service.payouts import transfers
+from service.payouts import payrun
 from service.payouts.models import PaymentTransfer
+from service.payouts.payrun import process_due_transfers
+from service.payouts.policy import PayoutPolicy
 from service.payouts.provider import TransferRequest, TransferResult
 from service.payouts.simulated import SimulatedPayoutProvider
-from service.payouts.transfers import PayoutPolicy, process_due_transfers
 from tests.conftest import (
     AppFactory,
     add_expert,
@@ -330,7 +331,7 @@ def test_concurrent_runs_in_threads_pay_each_row_once(app: Flask) -> None:
     ids = {add_transfer(app) for _ in range(60)}
     provider = SimulatedPayoutProvider(latency=0.002)
     policy = PayoutPolicy(env="test", concurrency=4)
-    reports: list[transfers.TransferRunReport] = []
+    reports: list[payrun.TransferRunReport] = []
     barrier = threading.Barrier(3)
 
     def work(run_id: str) -> None:
@@ -353,7 +354,7 @@ def test_concurrent_runs_in_threads_pay_each_row_once(app: Flask) -> None:
 def test_outcomes_are_bounded_and_problems_come_first(
     app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(transfers, "MAX_OUTCOMES", 3)
+    monkeypatch.setattr(payrun, "MAX_OUTCOMES", 3)
     add_expert(app)
     add_expert(app, "exp_bad", stripe_account_id="acct_bad")
     for _ in range(4):

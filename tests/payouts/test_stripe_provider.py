@@ -15,9 +15,9 @@ from service.payouts.provider import (
     ProviderError,
     TransferRequest,
     TransientProviderError,
-    redact_secrets,
 )
 from service.payouts.stripe_provider import StripePayoutProvider
+from service.redaction import redact_secrets
 
 from .conftest import ACCOUNT, API_KEY
 
