@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 
 from service.extensions import get_engine, get_sessions
 from service.models import JobRun
-from service.signature import qstash_claims, sign_claims
+from service.qstash.signature import qstash_claims, sign_claims
 
 APP_URL = "https://jobs.example.test"
 RECEIVER_URL = APP_URL + "/api/qstash"

@@ -12,7 +12,7 @@ import requests
 from flask import Flask
 
 from service.extensions import get_sessions
-from service.jobs import run_history
+from service.runs.history import run_history
 from tests.helpers import delivery_headers, free_port, job_body, wait_until_live
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from flask import Flask
 from qstash import QStash
 
 from service.extensions import get_sessions
-from service.jobs import run_history
+from service.qstash.signature import qstash_claims, sign_claims
 from service.qstash_local import (
     DEV_CURRENT_SIGNING_KEY,
     DEV_NEXT_SIGNING_KEY,
@@ -27,7 +27,7 @@ from service.qstash_local import (
     LocalQStashConfig,
     serve,
 )
-from service.signature import qstash_claims, sign_claims
+from service.runs.history import run_history
 from tests.conftest import AppFactory
 from tests.helpers import free_port, wait_until_live
 

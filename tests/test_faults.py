@@ -14,7 +14,7 @@ from werkzeug.test import TestResponse
 from service import db
 from service.extensions import get_sessions
 from service.models import JobRun
-from service.qstash_api import QStashApi, QStashApiError
+from service.qstash.api import QStashApi, QStashApiError
 from service.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
 from tests.conftest import AppFactory
 from tests.helpers import delivery_headers, job_body

@@ -8,8 +8,8 @@ import pytest
 from flask import Flask
 from pytest_mock import MockerFixture
 
+from service.qstash.signature import body_hash, qstash_claims, sign_claims
 from service.qstash_local import LocalQStash, LocalQStashConfig, serve
-from service.signature import body_hash, qstash_claims, sign_claims
 from tests.conftest import AppFactory
 from tests.helpers import APP_URL, RECEIVER_URL, delivery_headers, job_body, service_log
 

@@ -50,8 +50,8 @@ from sqlalchemy.engine import make_url
 
 from bench.databases import SetupError, reset_postgres
 from service import db
+from service.qstash.signature import qstash_claims, sign_claims
 from service.qstash_local import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY
-from service.signature import qstash_claims, sign_claims
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
