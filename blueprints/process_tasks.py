@@ -61,7 +61,7 @@ def _share(ctx: JobContext, share: float) -> float:
 job = Job(
     name="process-tasks",
     cron="0 4 * * *",
-    description="Daily maintenance and cleanup of the ledger and run history.",
+    description="Daily payouts maintenance and cleanup of the run history.",
     handler=process_tasks,
     retries=3,
     timeout=900,

@@ -25,7 +25,7 @@ def list_jobs() -> None:
 @group.command("run")
 @click.argument("name")
 def run(name: str) -> None:
-    """Run job NAME now, through the same runner and ledger as a QStash delivery."""
+    """Run job NAME now, through the same runner and run record as a QStash delivery."""
     jobs = get_jobs()
     if name not in jobs:
         raise click.ClickException(f"unknown job {name!r}; one of {', '.join(sorted(jobs))}")

@@ -86,7 +86,7 @@ def wait_until_live(url: str, process: subprocess.Popen[bytes], log: Path | None
 
 
 def runs(app: Flask) -> list[JobRun]:
-    """The app's ledger, oldest run first."""
+    """The app's run record, oldest run first."""
     with get_sessions(app)() as session:
         return list(session.scalars(select(JobRun).order_by(JobRun.started_at)))
 
