@@ -39,12 +39,14 @@ def job_message(
 ) -> JobMessage:
     """Build the message that delivers `job` through the receiver of the app at `app_url`.
 
-    The body names the job as the target header does: the header is not signed, the body is.
+    The body names the job as the target header does (the header is not signed, the body is);
+    `extra` adds fields to the body but cannot rename the job.
     """
     return JobMessage(
         job=job.name,
         url=app_url + RECEIVER_PATH,
-        body=json.dumps({"job": job.name, **(extra or {})}, separators=(",", ":")),
+        body=json.dumps({"job": job.name, **{key: value for key, value in (extra or {}).items()
+                                             if key != "job"}}, separators=(",", ":")),
         headers={TARGET_HEADER: job.path},
         retries=job.retries,
         timeout=job.timeout,
