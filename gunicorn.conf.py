@@ -3,13 +3,13 @@ import multiprocessing
 import os
 
 from blueprints import BLUEPRINTS
-from service.jobs import JobBlueprint
+from service.qstash.delivery import job_registry
 
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
 workers = int(os.environ.get("GUNICORN_WORKERS") or min(multiprocessing.cpu_count() * 2 + 1, 8))
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 # A worker must outlive the longest job: QStash cuts a delivery at the job's timeout.
-timeout = max(job.job.timeout for job in BLUEPRINTS if isinstance(job, JobBlueprint)) + 60
+timeout = max(job.timeout for job in job_registry(BLUEPRINTS).values()) + 60
 graceful_timeout = 30
 # Above the app's own limits (service/limits.py), which answer in JSON.
 limit_request_line = 8190

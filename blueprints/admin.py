@@ -6,9 +6,9 @@ from service.auth import require_admin
 from service.errors import ValidationFailed
 from service.extensions import get_health_cache, get_jobs, get_sessions
 from service.health import qstash_health
-from service.jobs import run_history
 from service.models import RUN_STATUSES
 from service.parsing import whole_number
+from service.runs.history import run_history
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
 bp.before_request(require_admin)

@@ -4,22 +4,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from service.db import utcnow
-from service.extensions import get_engine, get_notifier, get_settings
-from service.jobs import Job, JobBlueprint, JobContext
-from service.payouts.outbox import deliver_pending
+from service.extensions import get_engine
 from service.payouts.upcoming import queue_upcoming_notices
+from service.qstash.delivery import JobBlueprint
+from service.runs.jobs import Job, JobContext
+
+from .notices import send_queued_notices
 
 
 def check_upcoming_payouts(ctx: JobContext) -> Mapping[str, Any]:
     """Queue an upcoming-payout notice for transfers due within two days, not yet due."""
-    settings = get_settings(ctx.app)
-    engine = get_engine(ctx.app)
-    report = queue_upcoming_notices(engine, now=utcnow(), deadline=ctx.deadline)
-    notices = deliver_pending(
-        engine, get_notifier(ctx.app), sender_id=ctx.run_id,
-        limit=settings.notifier_max_per_run, deadline=ctx.deadline,
-        max_attempts=settings.notifier_max_attempts,
-    )
+    report = queue_upcoming_notices(get_engine(), now=utcnow(), deadline=ctx.deadline)
+    notices = send_queued_notices(ctx)
     return {"considered": report.considered, "queued": report.queued,
             "delivered": notices.delivered, "delivery_retrying": notices.retrying,
             "delivery_failed": notices.failed}

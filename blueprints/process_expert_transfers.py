@@ -3,30 +3,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from service.extensions import get_engine, get_notifier, get_payout_provider, get_settings
-from service.jobs import Job, JobBlueprint, JobContext
+from service.extensions import get_engine, get_payout_provider, get_settings, services
 from service.payouts.continuation import publish_continuation
-from service.payouts.outbox import deliver_pending
 from service.payouts.payrun import process_due_transfers
 from service.payouts.policy import PayoutPolicy
+from service.qstash.delivery import JobBlueprint
+from service.runs.jobs import Job, JobContext
+
+from .notices import send_queued_notices
 
 
 def process_expert_transfers(ctx: JobContext) -> Mapping[str, Any]:
     """Pay every due expert transfer, then send the notices it queued."""
-    settings = get_settings(ctx.app)
-    engine = get_engine(ctx.app)
+    settings = get_settings()
     report = process_due_transfers(
-        engine, get_payout_provider(ctx.app), PayoutPolicy.from_settings(settings),
+        get_engine(), get_payout_provider(), PayoutPolicy.from_settings(settings),
         run_id=ctx.run_id, deadline=ctx.deadline,
     )
-    notices = deliver_pending(
-        engine, get_notifier(ctx.app), sender_id=ctx.run_id,
-        limit=settings.notifier_max_per_run, deadline=ctx.deadline,
-        max_attempts=settings.notifier_max_attempts,
-    )
+    notices = send_queued_notices(ctx)
     # Published last: the next run cannot start before this one releases the job lease.
-    continuation = (publish_continuation(ctx).status
-                    if report.stopped_early and report.remaining > 0 else "not_needed")
+    continuation = (
+        publish_continuation(services().qstash, app_url=settings.app_url, job=ctx.job,
+                             run_id=ctx.run_id).status
+        if report.stopped_early and report.remaining > 0 else "not_needed"
+    )
     return {**report.to_dict(), "continuation": continuation,
             "notifications": notices.to_dict()}
 

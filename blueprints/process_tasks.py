@@ -5,28 +5,23 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete
-
-from service.db import rowcount, utcnow
-from service.extensions import (
-    get_engine,
-    get_notifier,
-    get_payout_provider,
-    get_sessions,
-    get_settings,
-)
-from service.jobs import Job, JobBlueprint, JobContext
-from service.models import DeliveryToken, JobRun
+from service.db import utcnow
+from service.extensions import get_engine, get_payout_provider, get_settings
 from service.payouts import outbox
 from service.payouts.maintenance import cancel_reversed_payments, recover_stale
 from service.payouts.policy import PayoutPolicy
+from service.qstash.delivery import JobBlueprint
+from service.runs.history import prune_runs
+from service.runs.jobs import Job, JobContext
+
+from .notices import send_queued_notices
 
 
 def process_tasks(ctx: JobContext) -> Mapping[str, Any]:
     """Run the daily maintenance: recover, check payments, retry notices, prune history."""
-    settings = get_settings(ctx.app)
-    engine = get_engine(ctx.app)
-    provider = get_payout_provider(ctx.app)
+    settings = get_settings()
+    engine = get_engine()
+    provider = get_payout_provider()
     policy = PayoutPolicy.from_settings(settings)
     # Each provider-bound task gets a share of the budget so that one slow task cannot
     # starve the others; pruning is cheap and always runs.
@@ -36,18 +31,9 @@ def process_tasks(ctx: JobContext) -> Mapping[str, Any]:
     released = outbox.release_stale(
         engine, claimed_before=now - timedelta(seconds=settings.payout_stale_after_seconds),
         now=now)
-    notices = outbox.deliver_pending(
-        engine, get_notifier(ctx.app), sender_id=ctx.run_id,
-        limit=settings.notifier_max_per_run, deadline=ctx.deadline,
-        max_attempts=settings.notifier_max_attempts,
-    )
-    run_cutoff = utcnow() - timedelta(days=settings.retention_job_runs_days)
-    with get_sessions(ctx.app).begin() as session:
-        pruned_runs = rowcount(session.execute(
-            delete(JobRun).where(JobRun.status != "running", JobRun.started_at < run_cutoff)
-        ))
-        # Tokens used this long ago have expired: they can no longer be replayed anyway.
-        session.execute(delete(DeliveryToken).where(DeliveryToken.used_at < run_cutoff))
+    notices = send_queued_notices(ctx)
+    pruned_runs = prune_runs(
+        engine, before=utcnow() - timedelta(days=settings.retention_job_runs_days))
     pruned_notices = outbox.prune_sent(
         engine, sent_before=utcnow() - timedelta(days=settings.retention_notifications_days))
     return {
@@ -76,7 +62,7 @@ def _share(ctx: JobContext, share: float) -> float:
 job = Job(
     name="process-tasks",
     cron="0 4 * * *",
-    description="Daily maintenance and cleanup of the ledger and run history.",
+    description="Daily payouts maintenance and cleanup of the run history.",
     handler=process_tasks,
     retries=3,
     timeout=900,

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from service.delivery import dispatch, resolve_target, verify_qstash_request
-from service.jobs import RECEIVER_PATH, TARGET_HEADER
+from service.qstash.delivery import dispatch, resolve_target, verify_qstash_request
+from service.qstash.protocol import RECEIVER_PATH, TARGET_HEADER
 
 bp = Blueprint("qstash", __name__)
 

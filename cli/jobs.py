@@ -3,12 +3,12 @@ from __future__ import annotations
 import json
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from service.errors import AppError
-from service.extensions import get_engine, get_jobs
-from service.jobs import Delivery, run_job
+from service.extensions import get_engine, get_jobs, get_settings
+from service.runs.jobs import Delivery
+from service.runs.runner import run_job
 
 group = AppGroup("jobs", help="Inspect and run the scheduled jobs.")
 
@@ -25,13 +25,13 @@ def list_jobs() -> None:
 @group.command("run")
 @click.argument("name")
 def run(name: str) -> None:
-    """Run job NAME now, through the same runner and ledger as a QStash delivery."""
+    """Run job NAME now, through the same runner and run record as a QStash delivery."""
     jobs = get_jobs()
     if name not in jobs:
         raise click.ClickException(f"unknown job {name!r}; one of {', '.join(sorted(jobs))}")
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
-        outcome = run_job(app, get_engine(), jobs[name], Delivery(trigger="cli"))
+        outcome = run_job(get_engine(), jobs[name], Delivery(trigger="cli"),
+                          scrub=get_settings().scrub)
     except AppError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message}") from exc
     click.echo(json.dumps(outcome.to_dict(), indent=2))

@@ -9,9 +9,15 @@ from flask.cli import AppGroup
 
 from service.extensions import get_config_report, get_jobs, get_qstash, get_settings
 from service.health import qstash_health
-from service.jobs import RECEIVER_PATH, TARGET_HEADER
-from service.qstash_api import QStashApiError
-from service.schedules import Plan, ScheduleConfigError, apply_plan, compute_plan, schedule_prefix
+from service.qstash.api import QStashApiError
+from service.qstash.messages import job_message
+from service.qstash.schedules import (
+    Plan,
+    ScheduleConfigError,
+    apply_plan,
+    compute_plan,
+    schedule_prefix,
+)
 
 group = AppGroup("qstash", help="Sync and inspect the QStash schedules of the jobs.")
 NOT_CONFIGURED = 3
@@ -97,16 +103,12 @@ def trigger(name: str) -> None:
     jobs = get_jobs()
     if name not in jobs:
         raise click.ClickException(f"unknown job {name!r}; one of {', '.join(sorted(jobs))}")
-    job = jobs[name]
+    app_url = get_settings().app_url
+    assert app_url is not None  # require_config refused a missing APP_URL
+    message = job_message(jobs[name], app_url,
+                          extra={"trigger": "manual", "at": datetime.now(UTC).isoformat()})
     try:
-        message_id = get_qstash().publish(
-            url=f"{get_settings().app_url}{RECEIVER_PATH}",
-            body=json.dumps({"job": job.name, "trigger": "manual",
-                             "at": datetime.now(UTC).isoformat()}, separators=(",", ":")),
-            headers={TARGET_HEADER: job.path},
-            retries=job.retries,
-            timeout=job.timeout,
-        )
+        message_id = get_qstash().publish(message)
     except QStashApiError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(message_id)

@@ -32,7 +32,7 @@ from devtools.qstash_local import (
     RunningServer,
     serve,
 )
-from service.jobs import registry
+from service.qstash.delivery import job_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -44,7 +44,7 @@ class StackError(Exception):
 
 def job_names() -> tuple[str, ...]:
     """Return the names of the jobs the service registers."""
-    return tuple(registry(BLUEPRINTS))
+    return tuple(job_registry(BLUEPRINTS))
 
 
 def say(message: str) -> None:

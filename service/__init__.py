@@ -1,22 +1,32 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from dotenv import dotenv_values
-from flask import Flask
+from flask import Blueprint, Flask
 
 from .settings import Settings
 
 
-def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
-    """Assemble the service: settings, logging, clients, blueprints, error handlers, commands."""
-    # Imported here: blueprints and commands build on this package.
+def create_app(
+    settings: Settings | Mapping[str, str] | None = None,
+    *,
+    blueprints: Sequence[Blueprint] | None = None,
+) -> Flask:
+    """Assemble the service: settings, logging, clients, blueprints, error handlers, commands.
+
+    `blueprints` defaults to blueprints.BLUEPRINTS; tests pass it with their probe jobs added.
+    """
+    # Imported here: blueprints and commands build on this package, and importing any module
+    # of the package runs this file first, so at the top these would import one another.
     from blueprints import BLUEPRINTS
     from cli import init_app as init_cli
 
-    from . import extensions, jobs, limits, logs
+    from . import extensions, limits, logs
     from .errors import register_error_handlers
+    from .qstash.delivery import job_registry
+    from .settings import validate_job_settings
 
     app = Flask(__name__, instance_relative_config=True, static_folder=None)
     settings = load_settings(settings)
@@ -24,11 +34,14 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False  # OPTIONS is answered 405, like any method
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    extensions.init_app(app, settings, jobs.registry(BLUEPRINTS))
+    blueprints = BLUEPRINTS if blueprints is None else tuple(blueprints)
+    jobs = job_registry(blueprints)
+    validate_job_settings(settings, jobs)
+    extensions.init_app(app, settings, jobs)
     logs.log_config_report(extensions.get_config_report(app))
     logs.init_request_ids(app)
     limits.init_limits(app)
-    for bp in BLUEPRINTS:
+    for bp in blueprints:
         app.register_blueprint(bp)
     register_error_handlers(app)
     init_cli(app)

@@ -21,7 +21,7 @@ from .errors import ConfigurationError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 15_000
-# The job ledger's statements use INSERT ... RETURNING (service/jobs.py).
+# The run record's statements use INSERT ... RETURNING (service/runs/runner.py).
 SQLITE_MIN_VERSION = (3, 35, 0)
 # Execution option: statements on this SQLite connection run without BEGIN (see autocommit).
 SQLITE_AUTOCOMMIT = "sqlite_autocommit"

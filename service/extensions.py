@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from .cache import HealthCache
 from .db import default_database_url, make_engine, session_factory
 from .errors import ConfigurationError
-from .jobs import Job
 from .notifications import Channel, LogChannel, SmtpChannel
 from .payouts.provider import PayoutProvider
 from .payouts.simulated import SimulatedPayoutProvider
 from .payouts.stripe_provider import StripePayoutProvider
-from .qstash_api import QStashApi
+from .qstash.api import QStashApi
+from .runs.jobs import Job
 from .settings import ConfigReport, Settings, validate_qstash_config
 
 KEY = "eleva"
@@ -54,25 +54,12 @@ def init_app(app: Flask, settings: Settings, jobs: Mapping[str, Job]) -> None:
         qstash_probe=_qstash(settings, timeout=HEALTH_TIMEOUT, attempts=1,
                              max_wait=HEALTH_TIMEOUT),
         health_cache=HealthCache(),
-        payout_provider=_payout_provider(settings, jobs),
+        payout_provider=_payout_provider(settings),
         notifier=_notifier(settings),
     )
 
 
-# The job whose timeout bounds how long a healthy run may hold a transfer in PROCESSING.
-TRANSFERS_JOB = "process-expert-transfers"
-
-
-def _payout_provider(settings: Settings, jobs: Mapping[str, Job]) -> PayoutProvider:
-    transfers_job = jobs.get(TRANSFERS_JOB)
-    if transfers_job is not None:
-        longest_run = int(transfers_job.lease_duration.total_seconds())
-        if settings.payout_stale_after_seconds <= longest_run:
-            raise ConfigurationError(
-                f"PAYOUT_STALE_AFTER_SECONDS={settings.payout_stale_after_seconds} must exceed "
-                f"{longest_run} ({TRANSFERS_JOB}'s timeout plus its lease grace), or recovery "
-                "would take transfers from runs that are still working"
-            )
+def _payout_provider(settings: Settings) -> PayoutProvider:
     if settings.payout_provider == "stripe":
         assert settings.stripe_secret_key is not None  # Settings refuses stripe without it
         return StripePayoutProvider(

@@ -13,10 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from .db import utcnow
 from .errors import ConfigurationError
 from .extensions import get_config_report, get_jobs, get_qstash, get_sessions, get_settings
-from .jobs import Job
 from .models import JobRun
-from .qstash_api import QStashApiError
-from .schedules import (
+from .qstash.api import QStashApiError
+from .qstash.schedules import (
     Plan,
     RemoteSchedule,
     ScheduleConfigError,
@@ -26,6 +25,7 @@ from .schedules import (
     plan,
     schedule_prefix,
 )
+from .runs.jobs import Job
 
 OVERDUE_GRACE = timedelta(minutes=15)
 

@@ -13,7 +13,7 @@ TRIGGERS = ("qstash", "admin", "cli")
 
 
 class JobRun(Base):
-    """One attempt to run a job: the ledger that makes deliveries exactly-once."""
+    """One attempt to run a job: the run record that makes deliveries exactly-once."""
 
     __tablename__ = "job_runs"
     __table_args__ = (

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from .errors import ConfigurationError
 from .payouts.rules import DEFAULT_DELAY_DAYS, DelayTable, parse_delay_table
 from .redaction import Scrubber, redact_url
+from .runs.jobs import Job
 
 AppEnv = Literal["development", "staging", "production"]
 LogFormat = Literal["json", "text"]
@@ -344,3 +345,20 @@ def validate_qstash_config(settings: Settings) -> ConfigReport:
 
     valid = not any(p.severity == "error" for p in problems)
     return ConfigReport(valid=valid, problems=tuple(problems))
+
+
+# The job whose timeout bounds how long a healthy run may hold a transfer in PROCESSING.
+TRANSFERS_JOB = "process-expert-transfers"
+
+
+def validate_job_settings(settings: Settings, jobs: Mapping[str, Job]) -> None:
+    """Refuse settings that contradict the registered jobs' timeouts."""
+    transfers_job = jobs.get(TRANSFERS_JOB)
+    if transfers_job is not None:
+        longest_run = int(transfers_job.lease_duration.total_seconds())
+        if settings.payout_stale_after_seconds <= longest_run:
+            raise ConfigurationError(
+                f"PAYOUT_STALE_AFTER_SECONDS={settings.payout_stale_after_seconds} must exceed "
+                f"{longest_run} ({TRANSFERS_JOB}'s timeout plus its lease grace), or recovery "
+                "would take transfers from runs that are still working"
+            )

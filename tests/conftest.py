@@ -16,11 +16,13 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 
+from blueprints import BLUEPRINTS
 from devtools.qstash_local import DEV_TOKEN, LocalQStash, LocalQStashConfig, RunningServer, serve
 from service import create_app, db, extensions
 from service.db import utcnow
 from service.extensions import get_engine
 from service.payouts.models import Expert, Notification, PaymentTransfer
+from tests import probe_jobs
 from tests.helpers import ADMIN_TOKEN, APP_URL, CURRENT_KEY, NEXT_KEY
 
 SETTING_PREFIXES = (
@@ -100,12 +102,14 @@ class AppFactory(Protocol):
 
 
 @pytest.fixture
-def make_app() -> Iterator[AppFactory]:
+def make_app(request: pytest.FixtureRequest) -> Iterator[AppFactory]:
     """Build apps from settings, migrated unless told otherwise; close their pools afterwards."""
     made: list[Flask] = []
+    # A test that uses the `probes` fixture gets the probe jobs next to the real ones.
+    blueprints = probe_jobs.WITH_PROBES if "probes" in request.fixturenames else BLUEPRINTS
 
     def factory(env: dict[str, str], *, migrate: bool = True) -> Flask:
-        app = create_app(env)
+        app = create_app(env, blueprints=blueprints)
         app.config["TESTING"] = True
         made.append(app)
         if migrate:
@@ -147,16 +151,13 @@ def captured() -> Iterator[io.StringIO]:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Record the QStash client's retry waits instead of sleeping through them."""
     waits: list[float] = []
-    monkeypatch.setattr("service.qstash_api.wait", waits.append)
+    monkeypatch.setattr("service.qstash.api.wait", waits.append)
     return waits
 
 
 @pytest.fixture
-def probes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Register the probe jobs (tests/probe_jobs.py) for apps created in this test."""
-    from tests import probe_jobs
-
-    probe_jobs.install(monkeypatch)
+def probes() -> None:
+    """Register the probe jobs (tests/probe_jobs.py) for apps make_app creates in this test."""
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 from devtools.gunicorn import free_port as free_port
 from service.extensions import get_engine, get_sessions
 from service.models import JobRun
-from service.signature import qstash_claims, sign_claims
+from service.qstash.signature import qstash_claims, sign_claims
 
 APP_URL = "https://jobs.example.test"
 RECEIVER_URL = APP_URL + "/api/qstash"
@@ -80,7 +80,7 @@ def wait_until_live(url: str, process: subprocess.Popen[bytes], log: Path | None
 
 
 def runs(app: Flask) -> list[JobRun]:
-    """The app's ledger, oldest run first."""
+    """The app's run record, oldest run first."""
     with get_sessions(app)() as session:
         return list(session.scalars(select(JobRun).order_by(JobRun.started_at)))
 

@@ -4,9 +4,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import pytest
-
-from service.jobs import Job, JobBlueprint, JobContext, JobError, PermanentJobError
+from blueprints import BLUEPRINTS
+from service.qstash.delivery import JobBlueprint
+from service.runs.jobs import Job, JobContext, JobError, PermanentJobError
 
 # Every execution in this process, whatever its payload.
 EXECUTIONS: list[str] = []
@@ -48,10 +48,5 @@ probe_short_bp = JobBlueprint(
     __name__,
 )
 
-
-def install(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Register the probe jobs next to the real ones for apps created afterwards."""
-    import blueprints
-
-    monkeypatch.setattr(blueprints, "BLUEPRINTS",
-                        (*blueprints.BLUEPRINTS, probe_bp, probe_retry_bp, probe_short_bp))
+# The service's blueprints with the probe jobs registered next to the real ones.
+WITH_PROBES = (*BLUEPRINTS, probe_bp, probe_retry_bp, probe_short_bp)

@@ -8,7 +8,7 @@ from flask.testing import FlaskCliRunner
 
 from service import db
 from service.extensions import get_engine, get_sessions
-from service.jobs import run_history
+from service.runs.history import run_history
 from tests.conftest import AppFactory
 
 

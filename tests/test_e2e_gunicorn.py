@@ -10,7 +10,7 @@ from flask import Flask
 
 from devtools.gunicorn import running_gunicorn
 from service.extensions import get_sessions
-from service.jobs import run_history
+from service.runs.history import run_history
 from tests.helpers import delivery_headers, job_body
 
 

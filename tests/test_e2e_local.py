@@ -26,8 +26,8 @@ from devtools.qstash_local import (
     serve,
 )
 from service.extensions import get_sessions
-from service.jobs import run_history
-from service.signature import qstash_claims, sign_claims
+from service.qstash.signature import qstash_claims, sign_claims
+from service.runs.history import run_history
 from tests.conftest import AppFactory
 from tests.helpers import free_port
 

@@ -15,7 +15,7 @@ from devtools.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
 from service import db
 from service.extensions import get_sessions
 from service.models import JobRun
-from service.qstash_api import QStashApi, QStashApiError
+from service.qstash.api import QStashApi, QStashApiError
 from tests.conftest import AppFactory
 from tests.helpers import delivery_headers, job_body
 from tests.tcp_proxy import TcpProxy

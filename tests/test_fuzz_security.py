@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
-from service.signature import qstash_claims, sign_claims
+from service.qstash.signature import qstash_claims, sign_claims
 from tests.helpers import ADMIN_TOKEN, APP_URL, CURRENT_KEY, NEXT_KEY, RECEIVER_URL
 from tests.probe_jobs import EXECUTIONS
 

@@ -13,9 +13,10 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from service.db import utcnow
-from service.extensions import get_engine, get_jobs, get_sessions
-from service.jobs import Delivery, run_job
+from service.extensions import get_engine, get_jobs, get_sessions, get_settings
 from service.models import JobRun
+from service.runs.jobs import Delivery
+from service.runs.runner import run_job
 from tests.conftest import AppFactory
 from tests.helpers import (
     APP_URL,
@@ -519,12 +520,14 @@ def test_a_run_without_a_message_id_is_guarded_too(
 ) -> None:
     # Admin and command-line runs carry no message id; the job's running run still blocks them.
     hold_job(app, "probe", expires_in=timedelta(minutes=5))
-    blocked = run_job(app, get_engine(app), get_jobs(app)["probe"],
-                      Delivery(trigger="admin", payload={"marker": str(marker)}))
+    blocked = run_job(get_engine(app), get_jobs(app)["probe"],
+                      Delivery(trigger="admin", payload={"marker": str(marker)}),
+                      scrub=get_settings(app).scrub)
     assert (blocked.status, blocked.reason) == ("skipped", "another run of probe is still running")
     finish(app, "someone-else")
-    ran = run_job(app, get_engine(app), get_jobs(app)["probe"],
-                  Delivery(trigger="admin", payload={"marker": str(marker)}))
+    ran = run_job(get_engine(app), get_jobs(app)["probe"],
+                  Delivery(trigger="admin", payload={"marker": str(marker)}),
+                  scrub=get_settings(app).scrub)
     assert ran.status == "succeeded"
     assert len(executions(marker)) == 1
     assert sorted((r.status, str(r.message_id)) for r in runs(app)) == [

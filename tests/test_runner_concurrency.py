@@ -180,7 +180,7 @@ def test_claims_that_keep_colliding_answer_a_retryable_503_and_change_nothing(
         settles.append(args)
         raise IntegrityError("INSERT INTO job_runs ...", {}, Exception("unique violation"))
 
-    monkeypatch.setattr("service.jobs._settle", colliding)
+    monkeypatch.setattr("service.runs.runner._settle", colliding)
     body = job_body("probe", marker=str(marker))
     headers = delivery_headers(body, target="/api/cron/probe", message_id="msg_collide",
                                retried=1)

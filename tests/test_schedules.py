@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from blueprints import BLUEPRINTS
-from service.jobs import registry
-from service.schedules import (
+from service.qstash.delivery import job_registry
+from service.qstash.schedules import (
     DesiredSchedule,
     RemoteSchedule,
     ScheduleConfigError,
@@ -21,7 +21,7 @@ from service.schedules import (
 )
 from service.settings import Settings
 
-JOBS = registry(BLUEPRINTS)
+JOBS = job_registry(BLUEPRINTS)
 PREFIX = "eleva-jobs.production."
 BASE_ENV = {"APP_URL": "https://jobs.example.com", "APP_ENV": "production"}
 

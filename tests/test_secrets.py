@@ -9,7 +9,7 @@ from flask import Flask
 from pytest_mock import MockerFixture
 
 from devtools.qstash_local import LocalQStash, LocalQStashConfig, serve
-from service.signature import body_hash, qstash_claims, sign_claims
+from service.qstash.signature import body_hash, qstash_claims, sign_claims
 from tests.conftest import AppFactory
 from tests.helpers import APP_URL, RECEIVER_URL, delivery_headers, job_body, service_log
 

@@ -9,7 +9,7 @@ import pytest
 from qstash import Receiver
 from qstash.errors import SignatureError
 
-from service.signature import (
+from service.qstash.signature import (
     SignatureRejected,
     body_hash,
     qstash_claims,

@@ -10,10 +10,11 @@ warm-up:
 
 - bare: GET /healthz through the app;
 - delivery: a verified delivery of the no-op job through POST /api/qstash, unique message ids;
-- signature: service.signature.verify_signature on the same token and body;
-- run: service.jobs.run_job for the no-op job (ledger, run context, log lines), unique ids;
+- signature: service.qstash.signature.verify_signature on the same token and body;
+- run: service.runs.runner.run_job for the no-op job (run record, run context, log lines),
+  unique ids;
 - ledger: the ledger alone: a connection from the pool, then the statements that claim the run
-  and record its outcome (jobs._start and jobs._finish).
+  and record its outcome (runner._start and runner._finish).
 
 PostgreSQL's own CPU is not included: it runs in other processes. Prints a table; exit 2 when the
 database cannot be set up.
@@ -37,10 +38,12 @@ from typing import Any
 from bench.databases import SetupError
 from bench.load.harness import DEFAULT_POSTGRES_URL, prepare_database, service_environment
 from devtools.qstash_local import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY
-from service import create_app, extensions, jobs
+from service import create_app, extensions
 from service.db import autocommit
-from service.extensions import get_engine, get_jobs
-from service.signature import qstash_claims, sign_claims, verify_signature
+from service.extensions import get_engine, get_jobs, get_settings
+from service.qstash.signature import qstash_claims, sign_claims, verify_signature
+from service.runs import runner
+from service.runs.jobs import Delivery, RunOutcome
 
 APP_URL = "http://bench.local"
 BODY = b'{"job":"noop"}'
@@ -69,11 +72,11 @@ def service(database_url: str, log_path: Path) -> Iterator[Any]:
     os.environ.update(env)
     try:
         with log_path.open("w") as log, redirect_stdout(log):
-            # Registers the no-op job (and builds gunicorn's app, unused here). The app's log
-            # handler writes to the stdout it finds at start-up: the file.
-            import bench.load.noop_wsgi  # noqa: F401
+            # Imported here: it builds gunicorn's app (unused here) from the environment set
+            # above. The app's log handler writes to the stdout it finds at start-up: the file.
+            from bench.load import noop_wsgi
 
-            app = create_app()
+            app = create_app(blueprints=noop_wsgi.WITH_LOAD_JOBS)
             try:
                 yield app
             finally:
@@ -93,6 +96,7 @@ def measure(database_url: str, count: int, rounds: int,
     keys = [DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY]
     with service(database_url, workdir / "service.log") as app:
         engine, job = get_engine(app), get_jobs(app)["noop"]
+        scrub = get_settings(app).scrub
         tag = f"{time.time_ns()}"
         statuses: list[str] = []
 
@@ -117,16 +121,16 @@ def measure(database_url: str, count: int, rounds: int,
                 "Content-Type": "application/json"}, BODY)
 
         def run(i: int) -> None:
-            jobs.run_job(app, engine, job,
-                         jobs.Delivery(trigger="qstash", message_id=f"r-{tag}-{i}"))
+            runner.run_job(engine, job, Delivery(trigger="qstash", message_id=f"r-{tag}-{i}"),
+                           scrub=scrub)
 
         def ledger(i: int) -> None:
-            delivery = jobs.Delivery(trigger="qstash", message_id=f"t-{tag}-{i}")
+            delivery = Delivery(trigger="qstash", message_id=f"t-{tag}-{i}")
             with autocommit(engine.connect()) as conn:
-                claim = jobs._start(conn, job, delivery)
-                assert not isinstance(claim, jobs.RunOutcome), claim
-                jobs._finish(conn, job, *claim, status="succeeded", started=time.monotonic(),
-                             result={})
+                claim = runner._start(conn, job, delivery)
+                assert not isinstance(claim, RunOutcome), claim
+                runner._finish(conn, job, *claim, status="succeeded", started=time.monotonic(),
+                               result={})
 
         figures = {
             "bare": per_call_ms(lambda i: wsgi("GET", "/healthz", {}), count, rounds),

@@ -6,9 +6,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import blueprints
+from blueprints import BLUEPRINTS
 from service import create_app
-from service.jobs import Job, JobBlueprint, JobContext
+from service.qstash.delivery import JobBlueprint
+from service.runs.jobs import Job, JobContext
 
 NOOP_JOB = "noop"
 STORM_JOB = "storm-probe"
@@ -42,5 +43,5 @@ storm_bp = JobBlueprint(
     __name__,
 )
 
-blueprints.BLUEPRINTS = (*blueprints.BLUEPRINTS, noop_bp, storm_bp)
-app = create_app()
+WITH_LOAD_JOBS = (*BLUEPRINTS, noop_bp, storm_bp)
+app = create_app(blueprints=WITH_LOAD_JOBS)

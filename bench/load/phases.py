@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from bench.load.harness import Server, cpu_seconds, rss_of, settled_runs
 from bench.load.wrk import delivery_settings, new_tag, run_wrk
 from devtools.qstash_local import DEV_CURRENT_SIGNING_KEY
-from service.signature import qstash_claims, sign_claims
+from service.qstash.signature import qstash_claims, sign_claims
 
 STORM_JOB = "storm-probe"
 

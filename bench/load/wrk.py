@@ -14,7 +14,7 @@ from typing import Any
 from bench.databases import SetupError
 from bench.load.harness import NOOP_JOB, Server
 from devtools.qstash_local import DEV_CURRENT_SIGNING_KEY
-from service.signature import qstash_claims, sign_claims
+from service.qstash.signature import qstash_claims, sign_claims
 
 LUA_SCRIPT = Path(__file__).resolve().parent / "deliveries.lua"
 # Tokens minted per second of a wrk run of deliveries (each delivery needs its own): above

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from service.extensions import get_settings, services
-from service.jobs import RECEIVER_PATH, TARGET_HEADER, JobContext
-from service.qstash_api import QStashApiError
+from service.qstash.api import QStashApiError
+from service.qstash.messages import Publisher, job_message
+from service.runs.jobs import Job
 
 log = logging.getLogger("eleva.payouts")
 
@@ -21,39 +20,31 @@ class Continuation:
     message_id: str | None = None
 
 
-def continuation_body(ctx: JobContext) -> str:
-    return json.dumps({"job": ctx.job.name, "continuation_of": ctx.run_id},
-                      separators=(",", ":"))
-
-
-def deduplication_id(ctx: JobContext) -> str:
+def deduplication_id(run_id: str) -> str:
     """One continuation per run, however often publishing is retried."""
-    return f"continuation-{ctx.run_id}"
+    return f"continuation-{run_id}"
 
 
-def publish_continuation(ctx: JobContext) -> Continuation:
+def publish_continuation(
+    publisher: Publisher | None, *, app_url: str | None, job: Job, run_id: str
+) -> Continuation:
     """Ask QStash to deliver this job again shortly, so the backlog drains without the schedule.
 
     Publishing never fails the run: without QStash settings it reports `not_configured`, and
     a QStash error is logged and reported as `failed` (the next scheduled run continues).
     """
-    settings = get_settings(ctx.app)
-    api = services(ctx.app).qstash
-    if api is None or settings.app_url is None:
+    if publisher is None or app_url is None:
         log.warning("work remains but no continuation was published: set APP_URL and "
                     "QSTASH_TOKEN to let a run hand over to the next one")
         return Continuation(status="not_configured")
+    message = job_message(
+        job, app_url, extra={"continuation_of": run_id},
+        deduplication_id=deduplication_id(run_id),
+        # Give this run time to record its outcome and release the job lease first.
+        delay=CONTINUATION_DELAY_SECONDS,
+    )
     try:
-        message_id = api.publish(
-            url=settings.app_url + RECEIVER_PATH,
-            body=continuation_body(ctx),
-            headers={TARGET_HEADER: ctx.job.path},
-            retries=ctx.job.retries,
-            timeout=ctx.job.timeout,
-            deduplication_id=deduplication_id(ctx),
-            # Give this run time to record its outcome and release the job lease first.
-            delay=CONTINUATION_DELAY_SECONDS,
-        )
+        message_id = publisher.publish(message)
     except QStashApiError as exc:
         log.error("publishing the continuation failed (%s); the next scheduled run goes on",
                   exc.code)

@@ -8,9 +8,9 @@ import pytest
 from flask import Flask
 
 from devtools.qstash_local import LocalQStash, RunningServer
-from service.extensions import get_jobs
-from service.jobs import JobContext
+from service.extensions import get_jobs, services
 from service.payouts.continuation import publish_continuation
+from service.runs.jobs import JobContext
 from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer
 from tests.helpers import APP_URL, delivery_headers
 
@@ -19,9 +19,15 @@ SLOW = {"PAYOUT_SIMULATED_LATENCY_MS": "100", "PAYOUT_CONCURRENCY": "2"}
 
 
 def context(app: Flask, *, budget: float, run_id: str = "run0001") -> JobContext:
-    return JobContext(job=get_jobs(app)[JOB], app=app, run_id=run_id, trigger="cli",
+    return JobContext(job=get_jobs(app)[JOB], run_id=run_id, trigger="cli",
                       message_id=None, retried=0, payload={},
                       deadline=time.monotonic() + budget)
+
+
+def run(app: Flask, ctx: JobContext) -> dict[str, Any]:
+    """Call the job's handler as the runner does, inside the app's context."""
+    with app.app_context():
+        return dict(ctx.job.handler(ctx))
 
 
 def backlog(app: Flask, count: int) -> list[int]:
@@ -39,7 +45,7 @@ def test_a_run_stops_before_its_budget_and_hands_over_through_qstash(
     ctx = context(app, budget=1.0)
 
     started = time.monotonic()
-    result = dict(ctx.job.handler(ctx))
+    result = run(app, ctx)
     elapsed = time.monotonic() - started
 
     # Claims stop at 0.9 s; the calls in flight (at most 2 x 2 of 0.1 s) finish after it.
@@ -61,7 +67,8 @@ def test_a_run_stops_before_its_budget_and_hands_over_through_qstash(
     # Delayed, so that this run has released the job lease when it arrives.
     assert message.not_before - message.created_at == pytest.approx(5, abs=1)
     # Publishing again for the same run is deduplicated by its run id.
-    again = publish_continuation(ctx)
+    again = publish_continuation(services(app).qstash, app_url=APP_URL, job=ctx.job,
+                                 run_id=ctx.run_id)
     assert again.status == "published" and again.message_id == message.message_id
     assert len(local.messages) == 1
 
@@ -74,7 +81,7 @@ def test_the_continuation_delivery_drains_the_rest(
     app = make_app({**qstash_env, **SLOW})
     ids = backlog(app, 12)
     ctx = context(app, budget=0.3)
-    first = dict(ctx.job.handler(ctx))
+    first = run(app, ctx)
     assert first["continuation"] == "published" and first["remaining"] > 0
 
     [message] = local.messages.values()
@@ -96,7 +103,7 @@ def test_without_qstash_a_run_reports_not_configured(
     app = make_app({**env, **SLOW})
     backlog(app, 10)
     ctx = context(app, budget=0.3)
-    result = dict(ctx.job.handler(ctx))
+    result = run(app, ctx)
     assert result["remaining"] > 0
     assert result["continuation"] == "not_configured"
 
@@ -110,7 +117,7 @@ def test_a_qstash_refusal_is_reported_not_raised(
     app = make_app({**qstash_env, **SLOW})
     backlog(app, 10)
     ctx = context(app, budget=0.3)
-    assert dict(ctx.job.handler(ctx))["continuation"] == "failed"
+    assert run(app, ctx)["continuation"] == "failed"
 
 
 def test_a_run_that_finishes_in_time_publishes_nothing(
@@ -121,7 +128,7 @@ def test_a_run_that_finishes_in_time_publishes_nothing(
     app = make_app(qstash_env)
     backlog(app, 5)
     ctx = context(app, budget=30)
-    result = dict(ctx.job.handler(ctx))
+    result = run(app, ctx)
     assert (result["paid"], result["stopped_early"], result["continuation"]) == (
         5, False, "not_needed")
     assert local.messages == {}

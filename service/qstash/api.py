@@ -10,7 +10,8 @@ import httpx
 from qstash import QStash
 from qstash.errors import QStashError, RateLimitExceededError
 
-from .redaction import redact_url
+from ..redaction import redact_url
+from .messages import CONTENT_TYPE, JobMessage
 from .schedules import DesiredSchedule, RemoteSchedule, remote_from_sdk
 
 log = logging.getLogger("eleva.qstash")
@@ -93,21 +94,12 @@ class QStashApi:
             if exc.status != 404:
                 raise
 
-    def publish(
-        self,
-        *,
-        url: str,
-        body: str,
-        headers: dict[str, str],
-        retries: int | None = None,
-        timeout: int | None = None,
-        deduplication_id: str | None = None,
-        delay: int | None = None,
-    ) -> str:
-        """Publish one message to url (after delay seconds); return its message id."""
+    def publish(self, message: JobMessage) -> str:
+        """Publish one job's message (after its delay); return the message id."""
         response = self._call("publish", lambda: self.client.message.publish(
-            url=url, body=body, content_type="application/json", headers=headers,
-            retries=retries, timeout=timeout, deduplication_id=deduplication_id, delay=delay,
+            url=message.url, body=message.body, content_type=CONTENT_TYPE,
+            headers=dict(message.headers), retries=message.retries, timeout=message.timeout,
+            deduplication_id=message.deduplication_id, delay=message.delay,
         ))
         return str(response.message_id)  # type: ignore[union-attr]
 

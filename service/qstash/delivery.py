@@ -3,18 +3,20 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from flask import Response, current_app, request
+from flask import Blueprint, Response, jsonify, request
 
-from .auth import bearer_token, is_admin, require_admin_enabled
-from .errors import NonRetryable, ServiceUnavailable, Unauthorized
-from .extensions import get_config_report, get_engine, get_jobs, get_settings
-from .jobs import JOB_PATH_PREFIX, TARGET_HEADER, Delivery, Job, Trigger, run_job
-from .parsing import whole_number
-from .settings import SIGNING_KEY_VARS
+from ..auth import bearer_token, is_admin, require_admin_enabled
+from ..errors import NonRetryable, ServiceUnavailable, Unauthorized
+from ..extensions import get_config_report, get_engine, get_jobs, get_settings
+from ..parsing import whole_number
+from ..runs.jobs import Delivery, Job, RunOutcome, Trigger, registry
+from ..runs.runner import run_job
+from ..settings import SIGNING_KEY_VARS
+from .protocol import JOB_PATH_PREFIX, TARGET_HEADER
 from .signature import SignatureRejected, verify_signature
 
 log = logging.getLogger("eleva.delivery")
@@ -149,8 +151,12 @@ def parse_payload(raw: bytes) -> Mapping[str, Any]:
 def dispatch(job: Job, trigger: Trigger, token_id: str | None = None) -> Response:
     """Run the job for the current request and answer with its outcome."""
     delivery = delivery_from_request(job, trigger, token_id)
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    return run_job(app, get_engine(), job, delivery).response()
+    return response(run_job(get_engine(), job, delivery, scrub=get_settings().scrub))
+
+
+def response(outcome: RunOutcome) -> Response:
+    """Answer a request with a run's outcome."""
+    return jsonify(outcome.to_dict())
 
 
 def handle_direct(job: Job) -> Response:
@@ -172,3 +178,20 @@ def handle_direct(job: Job) -> Response:
 def _header_for_log(name: str) -> str | None:
     value = request.headers.get(name)
     return value[:128] if value else None
+
+
+class JobBlueprint(Blueprint):
+    """A blueprint that carries its job and serves it at the job's own path."""
+
+    def __init__(self, job: Job, import_name: str) -> None:
+        super().__init__("job_" + job.name.replace("-", "_"), import_name)
+        self.job = job
+        self.add_url_rule(job.path, "run", self._run_direct, methods=["POST"])
+
+    def _run_direct(self) -> Response:
+        return handle_direct(self.job)
+
+
+def job_registry(blueprints: Iterable[Blueprint]) -> dict[str, Job]:
+    """Collect the jobs the blueprints carry, refusing duplicate names."""
+    return registry(bp.job for bp in blueprints if isinstance(bp, JobBlueprint))

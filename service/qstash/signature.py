@@ -11,11 +11,11 @@ from typing import Any
 
 import jwt
 
-from .errors import Unauthorized
+from ..errors import Unauthorized
 
 ISSUER = "Upstash"
 NUMBER = (int, float)
-MAX_TOKEN_ID = 128  # the ledger records each delivery's `jti` (job_runs.token_id)
+MAX_TOKEN_ID = 128  # the run record keeps each delivery's `jti` (job_runs.token_id)
 _JWS = jwt.PyJWS()  # stateless: verifies the MAC and parses, nothing else
 
 

@@ -7,11 +7,10 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
 
-from flask import Blueprint, Flask, Response, jsonify
 from sqlalchemy import (
     Connection,
     Dialect,
@@ -25,137 +24,27 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeEngine
 
-from .db import autocommit, rowcount, run_statement, utcnow
-from .errors import AppError, NonRetryable, ServiceUnavailable, Unauthorized
-from .logs import log_context
-from .models import DeliveryToken, JobRun
+from ..db import autocommit, rowcount, run_statement, utcnow
+from ..errors import AppError, NonRetryable, ServiceUnavailable, Unauthorized
+from ..logs import log_context
+from ..models import DeliveryToken, JobRun
+from .jobs import Delivery, Job, JobContext, JobError, RunOutcome
 
 log = logging.getLogger("eleva.jobs")
 
-Overlap = Literal["skip", "retry"]
-Trigger = Literal["qstash", "admin", "cli"]
-JOB_PATH_PREFIX = "/api/cron/"
-RECEIVER_PATH = "/api/qstash"
-TARGET_HEADER = "X-Qstash-Target-Url"  # forwarded by schedules as Upstash-Forward-X-Qstash-...
-# A crashed worker's run and lease are taken over this long after the job's timeout.
-LEASE_GRACE = timedelta(seconds=30)
 # Share of the job's timeout a run may spend claiming new work; the rest is headroom to finish.
 BUDGET_SHARE = 0.8
 MAX_STORED_ERROR = 500  # characters of a failed run's error kept in job_runs.error
 
 
-class JobError(Exception):
-    """A job failed; QStash retries the delivery unless `retryable` is false."""
-
-    retryable = True
-
-    def __init__(self, message: str, *, code: str = "job_failed") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class PermanentJobError(JobError):
-    """A job failed in a way no retry can fix; QStash is told not to retry."""
-
-    retryable = False
-
-
-@dataclass(frozen=True, kw_only=True)
-class JobContext:
-    job: Job
-    app: Flask
-    run_id: str
-    trigger: Trigger
-    message_id: str | None
-    retried: int
-    payload: Mapping[str, Any]
-    deadline: float  # time.monotonic() value after which no new work should start
-
-    def time_left(self) -> float:
-        return self.deadline - time.monotonic()
-
-
-Handler = Callable[[JobContext], Mapping[str, Any]]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Job:
-    """A scheduled job: what QStash needs to call it and what runs when it is called."""
-
-    name: str
-    cron: str
-    description: str
-    handler: Handler
-    retries: int = 3
-    timeout: int = 300  # seconds; QStash cuts the delivery after this
-    overlap: Overlap = "skip"
-
-    @property
-    def path(self) -> str:
-        return JOB_PATH_PREFIX + self.name
-
-    @property
-    def lease_duration(self) -> timedelta:
-        """How long a run may hold the job before a crash is assumed and it is taken over."""
-        return timedelta(seconds=self.timeout) + min(LEASE_GRACE,
-                                                     timedelta(seconds=self.timeout))
-
-
-class JobBlueprint(Blueprint):
-    """A blueprint that carries its job, so registering it also registers the job."""
-
-    def __init__(self, job: Job, import_name: str) -> None:
-        super().__init__("job_" + job.name.replace("-", "_"), import_name)
-        self.job = job
-        self.add_url_rule(job.path, "run", self._run_direct, methods=["POST"])
-
-    def _run_direct(self) -> Response:
-        # Imported here because delivery builds on this module.
-        from .delivery import handle_direct
-
-        return handle_direct(self.job)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Delivery:
-    trigger: Trigger
-    message_id: str | None = None
-    schedule_id: str | None = None
-    retried: int = 0
-    payload: Mapping[str, Any] = field(default_factory=dict)
-    token_id: str | None = None  # the `jti` of the request's verified QStash signature
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunOutcome:
-    job: str
-    run_id: str
-    status: str
-    duplicate: bool
-    result: Mapping[str, Any] | None
-    reason: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "job": self.job,
-            "run_id": self.run_id,
-            "status": self.status,
-            "duplicate": self.duplicate,
-            "result": self.result,
-        }
-        if self.reason:
-            body["reason"] = self.reason
-        return body
-
-    def response(self) -> Response:
-        return jsonify(self.to_dict())
-
-
-def run_job(app: Flask, engine: Engine, job: Job, delivery: Delivery) -> RunOutcome:
+def run_job(
+    engine: Engine, job: Job, delivery: Delivery, *, scrub: Callable[[str], str]
+) -> RunOutcome:
     """Run a job once for this delivery: dedup by message id, guard overlap, record the run.
+
+    `scrub` removes secrets from a failed run's error before it is stored.
 
     Raise AppError for outcomes that are not a 200: 503 while an earlier attempt runs or the
     job is busy under the `retry` policy, 500 on a retryable failure, 489 on a permanent one.
@@ -174,7 +63,7 @@ def run_job(app: Flask, engine: Engine, job: Job, delivery: Delivery) -> RunOutc
             return start
         run_id, attempts = start
         with log_context(run_id=run_id):
-            return _execute(app, conn, job, delivery, run_id, attempts)
+            return _execute(conn, job, delivery, run_id, attempts, scrub)
 
 
 # The statements every delivery runs, in SQL that SQLite and PostgreSQL share, run on the
@@ -221,7 +110,7 @@ _EXPIRED = "expired: no outcome was recorded before the run's lease ended; a lat
 
 
 @dataclass(frozen=True)
-class _Ledger:
+class _RunSql:
     """The hot-path statements and value conversions for one database driver."""
 
     claim_run: str
@@ -232,7 +121,7 @@ class _Ledger:
 
     @classmethod
     @functools.lru_cache(maxsize=8)
-    def of(cls, dialect: Dialect) -> _Ledger:
+    def of(cls, dialect: Dialect) -> _RunSql:
         if dialect.paramstyle == "pyformat":
             def style(sql: str) -> str:
                 return re.sub(r":(\w+)", r"%(\1)s", sql)
@@ -240,7 +129,7 @@ class _Ledger:
             def style(sql: str) -> str:
                 return sql
         else:
-            raise RuntimeError(f"no ledger SQL for the {dialect.name} driver {dialect.driver}")
+            raise RuntimeError(f"no run record SQL for the {dialect.name} driver {dialect.driver}")
         return cls(
             claim_run=style(_CLAIM_RUN),
             block_run=style(_BLOCK_RUN),
@@ -276,18 +165,18 @@ class _Busy:
 
 
 def _start(conn: Connection, job: Job, delivery: Delivery) -> tuple[str, int] | RunOutcome:
-    ledger = _Ledger.of(conn.dialect)
+    sql = _RunSql.of(conn.dialect)
     for _ in range(_CLAIM_ATTEMPTS):
         now = utcnow()
         run_id = uuid.uuid4().hex
         params = {"job": job.name, "run_id": run_id, "message_id": delivery.message_id,
                   "schedule_id": delivery.schedule_id, "retried": delivery.retried,
-                  "trigger": delivery.trigger, "now": ledger.instant(now),
-                  "expires": ledger.instant(now + job.lease_duration),
+                  "trigger": delivery.trigger, "now": sql.instant(now),
+                  "expires": sql.instant(now + job.lease_duration),
                   "token_id": delivery.token_id}
-        if run_statement(conn, ledger.claim_run, params)[0]:
+        if run_statement(conn, sql.claim_run, params)[0]:
             return run_id, 1
-        if run_statement(conn, ledger.block_run, {
+        if run_statement(conn, sql.block_run, {
                 **params, "status": _blocked_status(job), "error": _busy(job)})[0]:
             return _blocked(job, run_id)
         # The message already has a run, the job's running run has expired, the job was freed
@@ -433,16 +322,16 @@ def _spend(conn: Connection, delivery: Delivery, run_id: str, now: datetime) -> 
 
 
 def _execute(
-    app: Flask,
     conn: Connection,
     job: Job,
     delivery: Delivery,
     run_id: str,
     attempts: int,
+    scrub: Callable[[str], str],
 ) -> RunOutcome:
     started = time.monotonic()
     context = JobContext(
-        job=job, app=app, run_id=run_id, trigger=delivery.trigger,
+        job=job, run_id=run_id, trigger=delivery.trigger,
         message_id=delivery.message_id, retried=delivery.retried, payload=delivery.payload,
         deadline=started + job.timeout * BUDGET_SHARE,
     )
@@ -453,14 +342,14 @@ def _execute(
         json.dumps(result)  # fail here, not at commit, if the handler returned non-JSON data
     except JobError as exc:
         _finish(conn, job, run_id, attempts, status="failed",
-                error=_stored_error(app, f"{exc.code}: {exc}"), started=started)
+                error=scrub(f"{exc.code}: {exc}")[:MAX_STORED_ERROR], started=started)
         log.warning("run failed: %s", exc, extra={"event": {"retryable": exc.retryable}})
         if not exc.retryable:
             raise NonRetryable(str(exc), code=exc.code, extra={"run_id": run_id}) from exc
         raise AppError(str(exc), code=exc.code, status=500, extra={"run_id": run_id}) from exc
     except Exception as exc:
         _finish(conn, job, run_id, attempts, status="failed",
-                error=_stored_error(app, f"{type(exc).__name__}: {exc}"), started=started)
+                error=scrub(f"{type(exc).__name__}: {exc}")[:MAX_STORED_ERROR], started=started)
         log.exception("run crashed; QStash will retry")
         raise AppError(f"job {job.name} failed; see the logs for run {run_id}",
                        code="job_failed", status=500, extra={"run_id": run_id}) from exc
@@ -468,13 +357,6 @@ def _execute(
     log.info("run succeeded", extra={"event": {"result": result}})
     return RunOutcome(job=job.name, run_id=run_id, status="succeeded", duplicate=False,
                       result=result)
-
-
-def _stored_error(app: Flask, text: str) -> str:
-    """A failed run's error as job_runs keeps it and the admin API shows it: no secrets."""
-    from .extensions import get_settings  # extensions builds on this module
-
-    return get_settings(app).scrub(text)[:MAX_STORED_ERROR]
 
 
 def _finish(
@@ -489,47 +371,19 @@ def _finish(
     error: str | None = None,
 ) -> None:
     """Record the run's outcome, which also frees the job for its next run."""
-    ledger = _Ledger.of(conn.dialect)
+    sql = _RunSql.of(conn.dialect)
     params = {"run_id": run_id, "attempts": attempts, "status": status,
-              "result": ledger.json(result), "error": error, "now": ledger.instant(utcnow()),
+              "result": sql.json(result), "error": error, "now": sql.instant(utcnow()),
               "duration_ms": int((time.monotonic() - started) * 1000)}
     try:
-        written = run_statement(conn, ledger.finish_run, params)[1]
+        written = run_statement(conn, sql.finish_run, params)[1]
     except DBAPIError as exc:
         if not exc.connection_invalidated:
             raise
         # The connection died while the job ran (a database restart, a proxy's idle timeout).
         log.warning("database connection lost during the run; recording its outcome anew")
         with autocommit(conn.engine.connect()) as fresh:
-            written = run_statement(fresh, ledger.finish_run, params)[1]
+            written = run_statement(fresh, sql.finish_run, params)[1]
     if written != 1:
         # The run expired and another attempt took it over; its outcome stands.
         log.warning("run outcome not recorded: the run was taken over by a later attempt")
-
-
-def registry(blueprints: tuple[Blueprint, ...]) -> dict[str, Job]:
-    """Collect the jobs carried by the registered blueprints, refusing duplicate names."""
-    jobs: dict[str, Job] = {}
-    for bp in blueprints:
-        if isinstance(bp, JobBlueprint):
-            if bp.job.name in jobs:
-                raise RuntimeError(f"two jobs are named {bp.job.name!r}")
-            jobs[bp.job.name] = bp.job
-    return jobs
-
-
-def run_history(
-    sessions: sessionmaker[Session],
-    *,
-    job: str | None = None,
-    status: str | None = None,
-    limit: int = 50,
-) -> list[dict[str, Any]]:
-    """Return the most recent runs, newest first, optionally filtered by job and status."""
-    query = select(JobRun).order_by(JobRun.started_at.desc()).limit(limit)
-    if job:
-        query = query.where(JobRun.job == job)
-    if status:
-        query = query.where(JobRun.status == status)
-    with sessions() as session:
-        return [run.to_dict() for run in session.scalars(query)]

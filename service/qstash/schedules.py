@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,8 +11,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from .jobs import RECEIVER_PATH, TARGET_HEADER, Job
-from .settings import Settings
+from ..runs.jobs import Job
+from ..settings import Settings
+from .messages import CONTENT_TYPE, job_message
+from .protocol import TARGET_HEADER
 
 SCHEDULE_ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 CRON_TZ_RE = re.compile(r"^CRON_TZ=(\S+)\s+(.*)$")
@@ -202,16 +203,18 @@ def desired_schedules(settings: Settings, jobs: Mapping[str, Job]) -> list[Desir
         schedule_id = schedule_prefix(settings) + job.name
         if not SCHEDULE_ID_RE.fullmatch(schedule_id):
             raise ScheduleConfigError(f"schedule id {schedule_id!r} has forbidden characters")
+        message = job_message(job, settings.app_url)
         desired.append(DesiredSchedule(
             schedule_id=schedule_id,
             job=job.name,
-            destination=settings.app_url + RECEIVER_PATH,
+            destination=message.url,
             cron=cron,
-            body=json.dumps({"job": job.name}, separators=(",", ":")),
-            headers={TARGET_HEADER: (job.path,), "Content-Type": ("application/json",)},
+            body=message.body,
+            headers={**{name: (value,) for name, value in message.headers.items()},
+                     "Content-Type": (CONTENT_TYPE,)},
             method="POST",
-            retries=job.retries,
-            timeout=job.timeout,
+            retries=message.retries,
+            timeout=message.timeout,
             label=f"{settings.service_name}-{settings.app_env}",
         ))
     return desired
