@@ -87,8 +87,6 @@ class LocalQStash:
         self._clock = clock
         # Guards all state below; never held during outbound HTTP.
         self._lock = threading.Lock()
-        # Serialises tick() so the background thread and a caller never deliver twice.
-        self._tick_lock = threading.Lock()
         self._keys = (self.config.current_signing_key, self.config.next_signing_key)
         self.api_calls: list[tuple[str, str]] = []
         self.schedules: dict[str, Schedule] = {}
@@ -98,6 +96,8 @@ class LocalQStash:
         self._dedup: dict[str, tuple[str, float]] = {}
         self._failures: list[ApiFailure] = []
         self._dlq_ids = itertools.count()
+        # One thread per delivery in flight, at most config.concurrency of them.
+        self._in_flight: dict[str, threading.Thread] = {}
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None
         self._app = create_api(self)
@@ -324,32 +324,47 @@ class LocalQStash:
 
     # Running.
 
-    def tick(self) -> int:
-        """Fire schedules and attempt deliveries due at clock(); return the number of attempts."""
-        with self._tick_lock:
-            with self._lock:
-                now = self._clock()
-                self._fire_due_schedules(now)
-                due = sorted(
-                    (m for m in self.messages.values() if m.next_attempt_at <= now),
-                    key=lambda m: (m.next_attempt_at, m.created_at),
+    def tick(self, *, wait: bool = True) -> int:
+        """Fire due schedules and start due deliveries; return how many attempts were started.
+
+        Deliveries run concurrently, up to `config.concurrency` at a time; a message already in
+        flight is not started again. With `wait` (the default, for tests that drive the clock)
+        tick() returns once the attempts it started have been settled.
+        """
+        with self._lock:
+            now = self._clock()
+            self._fire_due_schedules(now)
+            free = max(0, self.config.concurrency - len(self._in_flight))
+            due = sorted(
+                (
+                    m
+                    for m in self.messages.values()
+                    if m.next_attempt_at <= now and m.message_id not in self._in_flight
+                ),
+                key=lambda m: (m.next_attempt_at, m.created_at),
+            )[:free]
+            started = []
+            for message in due:
+                thread = threading.Thread(
+                    target=self._deliver,
+                    args=(self._delivery_request(message),),
+                    name=f"qstash-local-delivery-{message.message_id}",
+                    # A destination that never answers must not keep the process alive.
+                    daemon=True,
                 )
-                deliveries = [self._delivery_request(m) for m in due]
-            attempts = 0
-            for delivery in deliveries:
-                with self._lock:
-                    if delivery.message_id not in self.messages:
-                        continue
-                    key = self._keys[0 if self.config.sign_with == "current" else 1]
-                    signed_at = self._clock()
-                signature = sign_claims(
-                    qstash_claims(url=delivery.url, body=delivery.body, now=signed_at), key
-                )
-                response = send(delivery, signature=signature)
-                attempts += 1
-                with self._lock:
-                    self._settle(delivery, response, self._clock())
-            return attempts
+                self._in_flight[message.message_id] = thread
+                started.append(thread)
+        for thread in started:
+            thread.start()
+        if wait:
+            for thread in started:
+                thread.join()
+        return len(started)
+
+    def in_flight(self) -> int:
+        """Return how many deliveries are waiting for their destination's answer."""
+        with self._lock:
+            return len(self._in_flight)
 
     def start(self, interval: float = 1.0) -> None:
         """Call tick() every `interval` seconds of wall-clock time in a daemon thread."""
@@ -365,7 +380,7 @@ class LocalQStash:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the ticker thread, waiting for a delivery in progress to finish."""
+        """Stop the ticker thread, waiting for the deliveries in progress to finish."""
         thread, stop = self._thread, self._stop
         if thread is None or stop is None:
             return
@@ -373,15 +388,40 @@ class LocalQStash:
         thread.join()
         self._thread = None
         self._stop = None
+        with self._lock:
+            deliveries = list(self._in_flight.values())
+        for delivery in deliveries:
+            delivery.join()
 
     def _run(self, interval: float, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                self.tick()
+                # Without waiting, so that a slow destination delays nothing else.
+                self.tick(wait=False)
             except Exception:
                 # A bug in one tick must not stop deliveries for the rest of the session.
                 logger.exception("local QStash tick failed")
             stop.wait(interval)
+
+    def _deliver(self, delivery: DeliveryRequest) -> None:
+        try:
+            with self._lock:
+                if delivery.message_id not in self.messages:
+                    return  # cancelled before it went out
+                key = self._keys[0 if self.config.sign_with == "current" else 1]
+                signed_at = self._clock()
+            signature = sign_claims(
+                qstash_claims(url=delivery.url, body=delivery.body, now=signed_at), key
+            )
+            response = send(delivery, signature=signature)
+            with self._lock:
+                self._settle(delivery, response, self._clock())
+        except Exception:
+            # A bug in one delivery must not stop the others; the message is tried again.
+            logger.exception("local QStash delivery of %s failed", delivery.message_id)
+        finally:
+            with self._lock:
+                self._in_flight.pop(delivery.message_id, None)
 
     # Internals; callers hold self._lock.
 
@@ -440,7 +480,7 @@ class LocalQStash:
     def _delivery_request(self, message: Message) -> DeliveryRequest:
         timeout = self.config.delivery_timeout
         if message.timeout is not None:
-            # Upstash-Timeout can only shorten the server's own limit.
+            # Upstash-Timeout can only shorten the plan's limit.
             timeout = min(timeout, float(message.timeout))
         return DeliveryRequest(
             message_id=message.message_id,
