@@ -20,6 +20,7 @@ from service.signature import qstash_claims, sign_claims
 from .api import create_api
 from .config import LocalQStashConfig
 from .delivery import DeliveryRequest, DeliveryResponse, default_backoff, send
+from .filters import Filters
 from .models import (
     DeliveryAttempt,
     DlqEntry,
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEDUPLICATION_WINDOW = 600.0
+DLQ_PAGE = 100
 
 HeaderInput = Headers | Mapping[str, str] | None
 
@@ -247,25 +249,38 @@ class LocalQStash:
             del self.messages[message_id]
             self._record_state(message, "FAIL")
 
-    def cancel_messages(self, message_ids: Iterable[str] | None) -> int:
-        """Cancel the given pending messages, or all of them when `message_ids` is None."""
+    def cancel_messages(
+        self, message_ids: Iterable[str] | None = None, *, where: Filters | None = None
+    ) -> int:
+        """Cancel the given pending messages, else those matching `where`, else all of them."""
         with self._lock:
-            ids = list(self.messages) if message_ids is None else list(message_ids)
+            if message_ids is not None:
+                ids = list(message_ids)
+            else:
+                ids = [
+                    m.message_id
+                    for m in self.messages.values()
+                    if where is None or where.matches(message_json(m))
+                ]
             cancelled = [self.messages.pop(i) for i in ids if i in self.messages]
             for message in cancelled:
                 self._record_state(message, "FAIL")
             return len(cancelled)
 
-    def list_dlq(self, filters: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-        """Return DLQ entries as `GET /v2/dlq` lists them, filtered like the real API."""
+    def list_dlq(
+        self,
+        *,
+        dlq_ids: Iterable[str] | None = None,
+        where: Filters | None = None,
+        count: int = DLQ_PAGE,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Return a page of DLQ entries as `GET /v2/dlq` lists them, and the next cursor."""
         with self._lock:
-            entries = [dlq_json(e) for e in self.dlq.values()]
-        for key in ("messageId", "url", "scheduleId", "label", "callerIP"):
-            if filters and key in filters:
-                entries = [e for e in entries if e.get(key) == filters[key]]
-        if filters and "responseStatus" in filters:
-            entries = [e for e in entries if str(e["responseStatus"]) == filters["responseStatus"]]
-        return entries
+            entries = self._select_dlq(dlq_ids, where, after=cursor)
+            page = entries[:count]
+            more = len(entries) > count
+            return [dlq_json(e) for e in page], (page[-1].dlq_id if more and page else None)
 
     def get_dlq(self, dlq_id: str) -> dict[str, Any]:
         """Return one DLQ entry."""
@@ -276,6 +291,70 @@ class LocalQStash:
         """Remove DLQ entries and return how many existed."""
         with self._lock:
             return sum(self.dlq.pop(i, None) is not None for i in dlq_ids)
+
+    def delete_dlq_where(self, where: Filters | None, *, count: int) -> tuple[int, str | None]:
+        """Remove up to `count` DLQ entries matching `where`; return how many and a cursor."""
+        with self._lock:
+            entries = self._select_dlq(None, where)
+            for entry in entries[:count]:
+                del self.dlq[entry.dlq_id]
+            # Deleted entries are gone, so the next call starts from the beginning again.
+            return min(count, len(entries)), ("more" if len(entries) > count else None)
+
+    def retry_dlq(
+        self,
+        dlq_ids: Iterable[str] | None = None,
+        *,
+        where: Filters | None = None,
+        count: int = DLQ_PAGE,
+        headers: HeaderInput = None,
+    ) -> tuple[list[str], str | None]:
+        """Publish DLQ entries again as new messages and remove them from the DLQ.
+
+        Configuration headers (`Upstash-Retries`, `-Delay`, `-Timeout`, `-Retry-Delay`,
+        `-Method`) override the original message's. Unknown ids answer 404 and retry nothing.
+        """
+        overrides = Headers(headers)
+        options = parse_delivery_options(overrides)
+        with self._lock:
+            if dlq_ids is not None:
+                ids = list(dlq_ids)
+                missing = [i for i in ids if i not in self.dlq]
+                if missing:
+                    raise ApiError(404, f"dlq message(s) not found: {', '.join(missing)}")
+                entries = [self.dlq[i] for i in dict.fromkeys(ids)]
+                more = False
+            else:
+                selected = self._select_dlq(None, where)
+                entries, more = selected[:count], len(selected) > count
+            now = self._clock()
+            new_ids = []
+            for entry in entries:
+                del self.dlq[entry.dlq_id]
+                old = entry.message
+                delay = options.delay if "Upstash-Delay" in overrides else None
+                message = self._add_message(
+                    url=old.url,
+                    method=options.method if "Upstash-Method" in overrides else old.method,
+                    headers={k: list(v) for k, v in old.headers.items()},
+                    body=old.body,
+                    max_retries=(
+                        options.retries if "Upstash-Retries" in overrides else old.max_retries
+                    ),
+                    not_before=now + (delay or 0),
+                    created_at=now,
+                    caller_ip=old.caller_ip,
+                    schedule_id=old.schedule_id,
+                    label=old.label,
+                    timeout=options.timeout if "Upstash-Timeout" in overrides else old.timeout,
+                    retry_delay=(
+                        options.retry_delay
+                        if "Upstash-Retry-Delay" in overrides
+                        else old.retry_delay
+                    ),
+                )
+                new_ids.append(message.message_id)
+            return new_ids, ("more" if more else None)
 
     def rotate_keys(self) -> tuple[str, str]:
         """Roll the signing keys as QStash does: current := next, next := new."""
@@ -443,6 +522,21 @@ class LocalQStash:
             raise ApiError(404, f"dlq message {dlq_id!r} not found")
         return entry
 
+    def _select_dlq(
+        self, dlq_ids: Iterable[str] | None, where: Filters | None, *, after: str | None = None
+    ) -> list[DlqEntry]:
+        entries = list(self.dlq.values())
+        if after:
+            # The cursor is the last id of the previous page; the sequence in ids only grows.
+            last = _dlq_sequence(after)
+            entries = [e for e in entries if _dlq_sequence(e.dlq_id) > last]
+        if dlq_ids is not None:
+            wanted = set(dlq_ids)
+            return [e for e in entries if e.dlq_id in wanted]
+        if where:
+            return [e for e in entries if where.matches(dlq_json(e))]
+        return entries
+
     def _add_message(self, **fields: Any) -> Message:
         message = Message(message_id=f"msg_{uuid.uuid4().hex}", **fields)
         message.next_attempt_at = message.not_before
@@ -563,6 +657,13 @@ class LocalQStash:
         schedule = self.schedules.get(message.schedule_id or "")
         if schedule is not None and message.message_id in schedule.last_schedule_states:
             schedule.last_schedule_states[message.message_id] = state
+
+
+def _dlq_sequence(dlq_id: str) -> int:
+    try:
+        return int(dlq_id.rpartition("-")[2])
+    except ValueError:
+        raise ApiError(400, f"invalid cursor {dlq_id!r}") from None
 
 
 def _content_hash(url: str, body: bytes, headers: Mapping[str, list[str]]) -> str:

@@ -135,7 +135,9 @@ def message_json(message: Message) -> dict[str, Any]:
     if message.schedule_id is not None:
         data["scheduleId"] = message.schedule_id
     if message.label is not None:
-        data["label"] = message.label
+        labels = split_labels(message.label)
+        data["label"] = labels[0] if labels else message.label
+        data["labels"] = labels
     if message.retry_delay is not None:
         data["retryDelayExpression"] = message.retry_delay
     return data
@@ -149,6 +151,11 @@ def dlq_json(entry: DlqEntry) -> dict[str, Any]:
     data["responseHeader"] = {k: list(v) for k, v in entry.response_headers.items()}
     data.update(_body_json(entry.response_body, "responseBody"))
     return data
+
+
+def split_labels(label: str) -> list[str]:
+    """Return the labels of a comma-separated `Upstash-Label` value."""
+    return [part.strip() for part in label.split(",") if part.strip()]
 
 
 def _body_json(body: bytes, key: str) -> dict[str, str]:
