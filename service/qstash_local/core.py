@@ -136,6 +136,7 @@ class LocalQStash:
         check_destination(url, allow_remote=self.config.allow_remote_destinations)
         options = parse_delivery_options(options_headers)
         not_before = parse_not_before(options_headers)
+        self._check_size(body)
         dedup_key = None
         dedup_id = options_headers.get("Upstash-Deduplication-Id")
         if dedup_id is not None:
@@ -149,6 +150,7 @@ class LocalQStash:
                 return PublishResult(message_id=self._dedup[dedup_key][0], deduplicated=True)
             # Upstash-Not-Before wins over Upstash-Delay.
             due = float(not_before) if not_before is not None else now + (options.delay or 0)
+            self._check_delay(due - now)
             message = self._add_message(
                 url=url,
                 method=options.method,
@@ -185,6 +187,8 @@ class LocalQStash:
         url = build_destination(destination, query)
         check_destination(url, allow_remote=self.config.allow_remote_destinations)
         options = parse_delivery_options(options_headers)
+        self._check_size(body)
+        self._check_delay(options.delay or 0)
         with self._lock:
             now = self._clock()
             existing = self.schedules.get(schedule_id) if schedule_id is not None else None
@@ -501,6 +505,21 @@ class LocalQStash:
         finally:
             with self._lock:
                 self._in_flight.pop(delivery.message_id, None)
+
+    def _check_size(self, body: bytes) -> None:
+        limit = self.config.max_message_size
+        if limit is not None and len(body) > limit:
+            raise ApiError(
+                413,
+                f"message size {len(body)} bytes exceeds the plan's maximum of {limit} bytes",
+            )
+
+    def _check_delay(self, delay: float) -> None:
+        limit = self.config.max_delay
+        if limit is not None and delay > limit:
+            raise ApiError(
+                400, f"delay of {int(delay)}s exceeds the plan's maximum delay of {limit}s"
+            )
 
     # Internals; callers hold self._lock.
 
