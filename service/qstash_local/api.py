@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .filters import DLQ_FILTERS, MESSAGE_FILTERS, multi_values, page_size, parse_filters
+from .filters import (
+    DLQ_FILTERS,
+    EVENT_FILTERS,
+    MESSAGE_FILTERS,
+    multi_values,
+    page_size,
+    parse_filters,
+)
 from .parsing import ApiError
 
 if TYPE_CHECKING:
@@ -140,6 +147,22 @@ def create_api(local: LocalQStash) -> Flask:
     def rotate_keys() -> Response:
         current, next_ = local.rotate_keys()
         return jsonify(current=current, next=next_)
+
+    # The SDKs list logs from /v2/events; the API reference documents /v2/logs.
+    @app.get("/v2/events", defaults={"key": "events"})
+    @app.get("/v2/logs", defaults={"key": "logs"})
+    def list_events(key: str) -> Response:
+        ids = _id_list("messageIds", body=False)
+        where = parse_filters(
+            request.args, allowed=EVENT_FILTERS, ignore=("messageIds",), time_key="time"
+        )
+        events, cursor = local.list_events(
+            message_ids=ids,
+            where=where,
+            count=page_size(request.args, default=100, maximum=1000),
+            cursor=request.args.get("cursor") or None,
+        )
+        return jsonify(_with_cursor({key: events}, cursor))
 
     @app.get("/v2/dlq")
     def list_dlq() -> Response:

@@ -9,6 +9,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from .models import (
     Schedule,
     ScheduleState,
     dlq_json,
+    event_json,
     message_json,
     schedule_json,
 )
@@ -55,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 DEDUPLICATION_WINDOW = 600.0
 DLQ_PAGE = 100
+EVENT_LOG_SIZE = 10_000
 
 HeaderInput = Headers | Mapping[str, str] | None
 
@@ -100,6 +103,9 @@ class LocalQStash:
         self._dlq_ids = itertools.count()
         # One thread per delivery in flight, at most config.concurrency of them.
         self._in_flight: dict[str, threading.Thread] = {}
+        # The logs `GET /v2/events` lists, oldest first, each with its sequence number.
+        self.events: deque[tuple[int, dict[str, Any]]] = deque(maxlen=EVENT_LOG_SIZE)
+        self._event_seq = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None
         self._app = create_api(self)
@@ -252,6 +258,7 @@ class LocalQStash:
             message = self._message(message_id)
             del self.messages[message_id]
             self._record_state(message, "FAIL")
+            self._log(message, "CANCELED")
 
     def cancel_messages(
         self, message_ids: Iterable[str] | None = None, *, where: Filters | None = None
@@ -269,6 +276,7 @@ class LocalQStash:
             cancelled = [self.messages.pop(i) for i in ids if i in self.messages]
             for message in cancelled:
                 self._record_state(message, "FAIL")
+                self._log(message, "CANCELED")
             return len(cancelled)
 
     def list_dlq(
@@ -359,6 +367,33 @@ class LocalQStash:
                 )
                 new_ids.append(message.message_id)
             return new_ids, ("more" if more else None)
+
+    def list_events(
+        self,
+        *,
+        message_ids: Iterable[str] | None = None,
+        where: Filters | None = None,
+        count: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Return a page of logs, newest first, as `GET /v2/events` lists them."""
+        before = _event_cursor(cursor)
+        wanted = None if message_ids is None else set(message_ids)
+        with self._lock:
+            events = list(self.events)
+        page: list[tuple[int, dict[str, Any]]] = []
+        for seq, entry in reversed(events):
+            if before is not None and seq >= before:
+                continue
+            if wanted is not None and entry["messageId"] not in wanted:
+                continue
+            if where and not where.matches(entry):
+                continue
+            if len(page) == count:
+                # Older entries remain: the cursor is the sequence of the last one listed.
+                return [e for _, e in page], str(page[-1][0])
+            page.append((seq, entry))
+        return [e for _, e in page], None
 
     def rotate_keys(self) -> tuple[str, str]:
         """Roll the signing keys as QStash does: current := next, next := new."""
@@ -489,8 +524,10 @@ class LocalQStash:
     def _deliver(self, delivery: DeliveryRequest) -> None:
         try:
             with self._lock:
-                if delivery.message_id not in self.messages:
+                message = self.messages.get(delivery.message_id)
+                if message is None:
                     return  # cancelled before it went out
+                self._log(message, "ACTIVE")
                 key = self._keys[0 if self.config.sign_with == "current" else 1]
                 signed_at = self._clock()
             signature = sign_claims(
@@ -560,7 +597,15 @@ class LocalQStash:
         message = Message(message_id=f"msg_{uuid.uuid4().hex}", **fields)
         message.next_attempt_at = message.not_before
         self.messages[message.message_id] = message
+        self._log(message, "CREATED")
         return message
+
+    def _log(
+        self, message: Message, state: str, response: DeliveryResponse | None = None
+    ) -> None:
+        timeout = self._delivery_request(message).timeout
+        entry = event_json(message, state, at=self._clock(), timeout=timeout, response=response)
+        self.events.append((next(self._event_seq), entry))
 
     def _fire_due_schedules(self, now: float) -> None:
         for schedule in self.schedules.values():
@@ -633,13 +678,18 @@ class LocalQStash:
         if response.ok:
             del self.messages[message.message_id]
             self._record_state(message, "SUCCESS")
-        elif response.non_retryable or message.retried >= message.max_retries:
+            self._log(message, "DELIVERED", response)
+            return
+        self._log(message, "ERROR", response)
+        if response.non_retryable or message.retried >= message.max_retries:
             del self.messages[message.message_id]
             self._move_to_dlq(message, response, now)
             self._record_state(message, "FAIL")
+            self._log(message, "FAILED", response)
         else:
             message.retried += 1
             message.next_attempt_at = now + self._retry_delay(message, response, now)
+            self._log(message, "RETRY")
 
     def _retry_delay(self, message: Message, response: DeliveryResponse, now: float) -> float:
         retry_after = response.header("Retry-After")
@@ -676,6 +726,15 @@ class LocalQStash:
         schedule = self.schedules.get(message.schedule_id or "")
         if schedule is not None and message.message_id in schedule.last_schedule_states:
             schedule.last_schedule_states[message.message_id] = state
+
+
+def _event_cursor(cursor: str | None) -> int | None:
+    if not cursor:
+        return None
+    try:
+        return int(cursor)
+    except ValueError:
+        raise ApiError(400, f"invalid cursor {cursor!r}") from None
 
 
 def _dlq_sequence(dlq_id: str) -> int:

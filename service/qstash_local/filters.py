@@ -127,6 +127,9 @@ def parse_filters(
         if given is not None:
             # callerIP is the deprecated spelling of callerIp; both filter the same field.
             name = "callerIp" if key == "callerIP" else key
+            if key == "state" and "IN_PROGRESS" in given:
+                # A log filter that stands for the states of a message not yet settled.
+                given = [*given, "ACTIVE", "RETRY", "ERROR"]
             values[name] = values.get(name, frozenset()) | frozenset(given)
     return Filters(
         values=values,
