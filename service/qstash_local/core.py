@@ -328,6 +328,7 @@ class LocalQStash:
         """
         overrides = Headers(headers)
         options = parse_delivery_options(overrides)
+        self._check_delay(options.delay or 0)
         with self._lock:
             if dlq_ids is not None:
                 ids = list(dlq_ids)
@@ -497,8 +498,8 @@ class LocalQStash:
         )
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the ticker thread, waiting for the deliveries in progress to finish."""
+    def stop(self, *, grace: float = 10.0) -> None:
+        """Stop the ticker thread; wait up to `grace` seconds for deliveries in progress."""
         thread, stop = self._thread, self._stop
         if thread is None or stop is None:
             return
@@ -508,8 +509,11 @@ class LocalQStash:
         self._stop = None
         with self._lock:
             deliveries = list(self._in_flight.values())
+        # A job may legitimately run for the plan's 15 minutes; Ctrl-C must not wait for it.
+        # Delivery threads are daemons, so those still running are simply abandoned.
+        deadline = time.monotonic() + grace
         for delivery in deliveries:
-            delivery.join()
+            delivery.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self, interval: float, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -603,8 +607,9 @@ class LocalQStash:
     def _log(
         self, message: Message, state: str, response: DeliveryResponse | None = None
     ) -> None:
-        timeout = self._delivery_request(message).timeout
-        entry = event_json(message, state, at=self._clock(), timeout=timeout, response=response)
+        entry = event_json(
+            message, state, at=self._clock(), timeout=self._timeout(message), response=response
+        )
         self.events.append((next(self._event_seq), entry))
 
     def _fire_due_schedules(self, now: float) -> None:
@@ -635,11 +640,14 @@ class LocalQStash:
             # Slots missed while the clock jumped collapse into this single firing.
             schedule.next_schedule_time = next_fire_time(schedule.cron, now)
 
+    def _timeout(self, message: Message) -> float:
+        if message.timeout is None:
+            return self.config.delivery_timeout
+        # Upstash-Timeout can only shorten the plan's limit.
+        return min(self.config.delivery_timeout, float(message.timeout))
+
     def _delivery_request(self, message: Message) -> DeliveryRequest:
-        timeout = self.config.delivery_timeout
-        if message.timeout is not None:
-            # Upstash-Timeout can only shorten the plan's limit.
-            timeout = min(timeout, float(message.timeout))
+        timeout = self._timeout(message)
         return DeliveryRequest(
             message_id=message.message_id,
             schedule_id=message.schedule_id,

@@ -138,3 +138,19 @@ def test_plans_set_the_limits() -> None:
     )
     with pytest.raises(ValueError, match="plan"):
         free.with_plan("pro")  # type: ignore[arg-type]
+
+
+def test_stop_does_not_wait_for_a_long_job_beyond_its_grace(receiver: Receiver) -> None:
+    local = LocalQStash(LocalQStashConfig())
+    receiver.reply(Reply(sleep=3.0))
+    local.publish(receiver.hook, body=b"long")
+    local.start(interval=0.01)
+    deadline = time.monotonic() + 5
+    while not receiver.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    stopping = time.monotonic()
+    local.stop(grace=0.2)
+
+    assert time.monotonic() - stopping < 1.5
+    assert local.in_flight() == 1
