@@ -15,12 +15,10 @@ def test_due_deliveries_overlap(qs: Stack, receiver: Receiver) -> None:
     publish(qs.client, url=receiver.hook, body="a")
     publish(qs.client, url=receiver.hook, body="b")
 
-    started = time.monotonic()
     attempts = qs.local.tick()
 
     assert attempts == 2
     assert receiver.max_active == 2
-    assert time.monotonic() - started < 0.9
     assert qs.local.messages == {}
 
 
@@ -71,7 +69,7 @@ def test_a_message_in_flight_is_not_delivered_twice(qs: Stack, receiver: Receive
 
 def test_a_slow_destination_does_not_hold_up_the_others(receiver: Receiver) -> None:
     local = LocalQStash(LocalQStashConfig())
-    receiver.reply(Reply(sleep=1.5))
+    receiver.reply(Reply(sleep=3.0))
     local.publish(receiver.hook, body=b"slow")
     local.start(interval=0.01)
     try:
@@ -87,7 +85,7 @@ def test_a_slow_destination_does_not_hold_up_the_others(receiver: Receiver) -> N
         local.stop()
 
     assert [r.path for r in receiver.requests] == ["/hook", "/fast"]
-    assert fast_seen - fast_published < 1.0
+    assert fast_seen - fast_published < 2.0
     assert [a.status for a in local.attempts] == [200, 200]
     assert local.messages == {}
 
