@@ -1,4 +1,5 @@
 # Set-up: `make run` serves the app locally; `make test` runs every check CI runs.
+# Needs Python 3.11+, and Node 20+ with npm for the JavaScript SDK tests (tests/js).
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -23,8 +24,8 @@ FUZZ_EXAMPLES := 5000
 KILL_ROUNDS := 20
 endif
 
-.PHONY: install lint test test-sqlite test-postgres run serve demo migrate bench reliability \
-	reliability-tests reliability-load clean
+.PHONY: install js-deps lint test test-sqlite test-postgres run serve demo migrate bench \
+	reliability reliability-tests reliability-load clean
 
 install: $(VENV)/.installed
 
@@ -34,16 +35,25 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The official JavaScript SDK the local QStash server is tested with (pinned in the lockfile);
+# reinstalled when node_modules is missing or the lockfile is newer. Needs Node 20+ and npm.
+JS_DIR := tests/js
+js-deps: $(JS_DIR)/node_modules/.installed
+
+$(JS_DIR)/node_modules/.installed: $(JS_DIR)/package-lock.json
+	npm ci --prefix $(JS_DIR) --no-audit --no-fund
+	touch $@
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/shellcheck docker-entrypoint.sh .ci/run
 
-test-sqlite: install
+test-sqlite: install js-deps
 	TEST_DATABASE_URL= $(PY) -m pytest
 
-test-postgres: install
+test-postgres: install js-deps
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest
 
 test: lint test-sqlite test-postgres
@@ -86,4 +96,4 @@ reliability-load: install
 	$(PY) -m bench.load.run_load --database both --phases storm,memory $(LOAD_ARGS)
 
 clean:
-	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache $(JS_DIR)/node_modules

@@ -180,3 +180,24 @@ def test_rolling_the_keys_twice_without_redeploying_breaks_delivery(stack: Stack
     stack.sdk.signing_key.rotate()  # both keys the service knows are gone
     stack.publish({"job": "probe"})
     assert stack.deliver_due() == [401]
+
+
+@pytest.mark.parametrize(("job", "statuses", "later"),
+                         [("probe", [200, 200], []), ("probe-retry", [200, 503], [200])])
+def test_overlapping_deliveries_meet_the_overlap_guard(
+    stack: Stack, marker: Path, job: str, statuses: list[int], later: list[int]
+) -> None:
+    # QStash delivers concurrently: two messages for one job arrive while the first runs.
+    body = {"job": job, "sleep": 2, "marker": str(marker)}
+    for _ in range(2):
+        stack.publish(body, target=f"/api/cron/{job}")
+    assert sorted(s or 0 for s in stack.deliver_due()) == statuses
+    stack.clock.now += 60  # the busy answer's Retry-After
+    assert stack.deliver_due() == later
+    outcomes = sorted(str(run["status"]) for run in stack.runs())
+    if job == "probe":
+        assert outcomes == ["skipped", "succeeded"]
+        assert len(marker.read_text().splitlines()) == 1
+    else:
+        assert outcomes == ["succeeded", "succeeded"]
+        assert len(marker.read_text().splitlines()) == 2

@@ -7,6 +7,14 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .filters import (
+    DLQ_FILTERS,
+    EVENT_FILTERS,
+    MESSAGE_FILTERS,
+    multi_values,
+    page_size,
+    parse_filters,
+)
 from .parsing import ApiError
 
 if TYPE_CHECKING:
@@ -108,9 +116,10 @@ def create_api(local: LocalQStash) -> Flask:
         return jsonify(local.get_message(message_id))
 
     @app.delete("/v2/messages/<message_id>")
-    def cancel_message(message_id: str) -> Response:
+    def cancel_message(message_id: str) -> tuple[Response, int]:
         local.cancel_message(message_id)
-        return _empty()
+        # The real API answers JSON, which the JavaScript SDK parses.
+        return jsonify(cancelled=1), 202
 
     @app.delete("/v2/messages/")
     @app.delete("/v2/schedules/")
@@ -120,9 +129,14 @@ def create_api(local: LocalQStash) -> Flask:
         raise ApiError(400, "id must not be empty")
 
     @app.delete("/v2/messages")
-    def cancel_messages() -> Response:
-        ids = _json_list("messageIds")
-        return jsonify(cancelled=local.cancel_messages(ids))
+    def cancel_messages() -> tuple[Response, int]:
+        # The JavaScript SDK sends ids and filters as query parameters, the Python SDK a JSON
+        # body; with neither, every pending message is cancelled, as in QStash.
+        ids = _id_list("messageIds")
+        if ids is not None:
+            return jsonify(cancelled=local.cancel_messages(ids)), 202
+        where = parse_filters(request.args, allowed=MESSAGE_FILTERS)
+        return jsonify(cancelled=local.cancel_messages(where=where)), 202
 
     @app.get("/v2/keys")
     def get_keys() -> Response:
@@ -134,13 +148,33 @@ def create_api(local: LocalQStash) -> Flask:
         current, next_ = local.rotate_keys()
         return jsonify(current=current, next=next_)
 
+    # The SDKs list logs from /v2/events; the API reference documents /v2/logs.
+    @app.get("/v2/events", defaults={"key": "events"})
+    @app.get("/v2/logs", defaults={"key": "logs"})
+    def list_events(key: str) -> Response:
+        ids = _id_list("messageIds", body=False)
+        where = parse_filters(
+            request.args, allowed=EVENT_FILTERS, ignore=("messageIds",), time_key="time"
+        )
+        events, cursor = local.list_events(
+            message_ids=ids,
+            where=where,
+            count=page_size(request.args, default=100, maximum=1000),
+            cursor=request.args.get("cursor") or None,
+        )
+        return jsonify(_with_cursor({key: events}, cursor))
+
     @app.get("/v2/dlq")
     def list_dlq() -> Response:
-        entries = local.list_dlq(request.args.to_dict())
-        count = request.args.get("count", type=int)
-        if count is not None:
-            entries = entries[: max(0, count)]
-        return jsonify(messages=entries)
+        ids = _id_list("dlqIds", body=False)
+        where = None if ids is not None else parse_filters(request.args, allowed=DLQ_FILTERS)
+        entries, cursor = local.list_dlq(
+            dlq_ids=ids,
+            where=where,
+            count=page_size(request.args, default=100, maximum=100),
+            cursor=request.args.get("cursor") or None,
+        )
+        return jsonify(_with_cursor({"messages": entries}, cursor))
 
     @app.get("/v2/dlq/<dlq_id>")
     def get_dlq(dlq_id: str) -> Response:
@@ -154,10 +188,32 @@ def create_api(local: LocalQStash) -> Flask:
 
     @app.delete("/v2/dlq")
     def delete_dlq_many() -> Response:
-        ids = _json_list("dlqIds")
-        if ids is None:
-            raise ApiError(400, "dlqIds is required")
-        return jsonify(deleted=local.delete_dlq(ids))
+        ids = _id_list("dlqIds")
+        if ids is not None:
+            return jsonify(deleted=local.delete_dlq(ids))
+        where = parse_filters(request.args, allowed=DLQ_FILTERS)
+        deleted, cursor = local.delete_dlq_where(
+            where, count=page_size(request.args, default=100, maximum=100)
+        )
+        return jsonify(_with_cursor({"deleted": deleted}, cursor))
+
+    @app.post("/v2/dlq/retry/<dlq_id>")
+    def retry_dlq(dlq_id: str) -> tuple[Response, int]:
+        (message_id,), _ = local.retry_dlq([dlq_id], headers=request.headers)
+        return jsonify(messageId=message_id), 201
+
+    @app.post("/v2/dlq/retry")
+    def retry_dlq_many() -> tuple[Response, int]:
+        ids = _id_list("dlqIds")
+        where = None if ids is not None else parse_filters(request.args, allowed=DLQ_FILTERS)
+        message_ids, cursor = local.retry_dlq(
+            ids,
+            where=where,
+            count=page_size(request.args, default=100, maximum=100),
+            headers=request.headers,
+        )
+        responses = [{"messageId": m} for m in message_ids]
+        return jsonify(_with_cursor({"responses": responses}, cursor)), 201
 
     return app
 
@@ -180,16 +236,27 @@ def _raw_destination(prefix: str, routed: str) -> str:
     return routed
 
 
-def _json_list(key: str) -> list[str] | None:
-    data: Any = request.get_json(silent=True) if request.get_data() else None
-    if data is None:
+def _id_list(key: str, *, body: bool = True) -> list[str] | None:
+    """Return ids given as query parameters (repeated or comma-separated) or in a JSON body."""
+    given = multi_values(request.args, key)
+    if given is not None:
+        return given
+    if not body or not request.get_data():
         return None
+    data: Any = request.get_json(silent=True)
     values = data.get(key) if isinstance(data, dict) else None
     if values is None:
         return None
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise ApiError(400, f"{key} must be a list of strings")
     return values
+
+
+def _with_cursor(data: dict[str, Any], cursor: str | None) -> dict[str, Any]:
+    # Without a cursor the listing is complete; the SDKs loop while one is returned.
+    if cursor is not None:
+        data["cursor"] = cursor
+    return data
 
 
 def _error(status: int, message: str) -> Response:

@@ -6,6 +6,7 @@ import click
 
 from .config import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN, LocalQStashConfig
 from .core import LocalQStash
+from .options import config_from_options, delivery_options
 from .server import serve
 
 
@@ -18,12 +19,17 @@ from .server import serve
 @click.option("--backoff-scale", default=0.01, show_default=True, type=float,
               help="Multiply QStash's retry backoff (1.0 = real timings).")
 @click.option("--allow-remote", is_flag=True, help="Deliver to non-loopback destinations too.")
-def main(host: str, port: int, sign_with: str, backoff_scale: float, allow_remote: bool) -> None:
+@delivery_options
+def main(host: str, port: int, sign_with: str, backoff_scale: float, allow_remote: bool,
+         plan: str, concurrency: int, delivery_timeout: float | None) -> None:
     """Run a local, in-memory QStash-compatible server until Ctrl-C."""
-    local = LocalQStash(LocalQStashConfig(
-        sign_with=sign_with,  # type: ignore[arg-type]
-        backoff_scale=backoff_scale,
-        allow_remote_destinations=allow_remote,
+    local = LocalQStash(config_from_options(
+        LocalQStashConfig(
+            sign_with=sign_with,  # type: ignore[arg-type]
+            backoff_scale=backoff_scale,
+            allow_remote_destinations=allow_remote,
+        ),
+        plan=plan, concurrency=concurrency, delivery_timeout=delivery_timeout,
     ))
     try:
         server = serve(local, host=host, port=port)

@@ -9,6 +9,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from service.qstash.signature import qstash_claims, sign_claims
 from .api import create_api
 from .config import LocalQStashConfig
 from .delivery import DeliveryRequest, DeliveryResponse, default_backoff, send
+from .filters import Filters
 from .models import (
     DeliveryAttempt,
     DlqEntry,
@@ -28,6 +30,7 @@ from .models import (
     Schedule,
     ScheduleState,
     dlq_json,
+    event_json,
     message_json,
     schedule_json,
 )
@@ -53,6 +56,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEDUPLICATION_WINDOW = 600.0
+DLQ_PAGE = 100
+EVENT_LOG_SIZE = 10_000
 
 HeaderInput = Headers | Mapping[str, str] | None
 
@@ -87,8 +92,6 @@ class LocalQStash:
         self._clock = clock
         # Guards all state below; never held during outbound HTTP.
         self._lock = threading.Lock()
-        # Serialises tick() so the background thread and a caller never deliver twice.
-        self._tick_lock = threading.Lock()
         self._keys = (self.config.current_signing_key, self.config.next_signing_key)
         self.api_calls: list[tuple[str, str]] = []
         self.schedules: dict[str, Schedule] = {}
@@ -98,6 +101,11 @@ class LocalQStash:
         self._dedup: dict[str, tuple[str, float]] = {}
         self._failures: list[ApiFailure] = []
         self._dlq_ids = itertools.count()
+        # One thread per delivery in flight, at most config.concurrency of them.
+        self._in_flight: dict[str, threading.Thread] = {}
+        # The logs `GET /v2/events` lists, oldest first, each with its sequence number.
+        self.events: deque[tuple[int, dict[str, Any]]] = deque(maxlen=EVENT_LOG_SIZE)
+        self._event_seq = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None
         self._app = create_api(self)
@@ -134,6 +142,7 @@ class LocalQStash:
         check_destination(url, allow_remote=self.config.allow_remote_destinations)
         options = parse_delivery_options(options_headers)
         not_before = parse_not_before(options_headers)
+        self._check_size(body)
         dedup_key = None
         dedup_id = options_headers.get("Upstash-Deduplication-Id")
         if dedup_id is not None:
@@ -147,6 +156,7 @@ class LocalQStash:
                 return PublishResult(message_id=self._dedup[dedup_key][0], deduplicated=True)
             # Upstash-Not-Before wins over Upstash-Delay.
             due = float(not_before) if not_before is not None else now + (options.delay or 0)
+            self._check_delay(due - now)
             message = self._add_message(
                 url=url,
                 method=options.method,
@@ -183,6 +193,8 @@ class LocalQStash:
         url = build_destination(destination, query)
         check_destination(url, allow_remote=self.config.allow_remote_destinations)
         options = parse_delivery_options(options_headers)
+        self._check_size(body)
+        self._check_delay(options.delay or 0)
         with self._lock:
             now = self._clock()
             existing = self.schedules.get(schedule_id) if schedule_id is not None else None
@@ -246,26 +258,41 @@ class LocalQStash:
             message = self._message(message_id)
             del self.messages[message_id]
             self._record_state(message, "FAIL")
+            self._log(message, "CANCELED")
 
-    def cancel_messages(self, message_ids: Iterable[str] | None) -> int:
-        """Cancel the given pending messages, or all of them when `message_ids` is None."""
+    def cancel_messages(
+        self, message_ids: Iterable[str] | None = None, *, where: Filters | None = None
+    ) -> int:
+        """Cancel the given pending messages, else those matching `where`, else all of them."""
         with self._lock:
-            ids = list(self.messages) if message_ids is None else list(message_ids)
+            if message_ids is not None:
+                ids = list(message_ids)
+            else:
+                ids = [
+                    m.message_id
+                    for m in self.messages.values()
+                    if where is None or where.matches(message_json(m))
+                ]
             cancelled = [self.messages.pop(i) for i in ids if i in self.messages]
             for message in cancelled:
                 self._record_state(message, "FAIL")
+                self._log(message, "CANCELED")
             return len(cancelled)
 
-    def list_dlq(self, filters: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-        """Return DLQ entries as `GET /v2/dlq` lists them, filtered like the real API."""
+    def list_dlq(
+        self,
+        *,
+        dlq_ids: Iterable[str] | None = None,
+        where: Filters | None = None,
+        count: int = DLQ_PAGE,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Return a page of DLQ entries as `GET /v2/dlq` lists them, and the next cursor."""
         with self._lock:
-            entries = [dlq_json(e) for e in self.dlq.values()]
-        for key in ("messageId", "url", "scheduleId", "label", "callerIP"):
-            if filters and key in filters:
-                entries = [e for e in entries if e.get(key) == filters[key]]
-        if filters and "responseStatus" in filters:
-            entries = [e for e in entries if str(e["responseStatus"]) == filters["responseStatus"]]
-        return entries
+            entries = self._select_dlq(dlq_ids, where, after=cursor)
+            page = entries[:count]
+            more = len(entries) > count
+            return [dlq_json(e) for e in page], (page[-1].dlq_id if more and page else None)
 
     def get_dlq(self, dlq_id: str) -> dict[str, Any]:
         """Return one DLQ entry."""
@@ -276,6 +303,98 @@ class LocalQStash:
         """Remove DLQ entries and return how many existed."""
         with self._lock:
             return sum(self.dlq.pop(i, None) is not None for i in dlq_ids)
+
+    def delete_dlq_where(self, where: Filters | None, *, count: int) -> tuple[int, str | None]:
+        """Remove up to `count` DLQ entries matching `where`; return how many and a cursor."""
+        with self._lock:
+            entries = self._select_dlq(None, where)
+            for entry in entries[:count]:
+                del self.dlq[entry.dlq_id]
+            # Deleted entries are gone, so the next call starts from the beginning again.
+            return min(count, len(entries)), ("more" if len(entries) > count else None)
+
+    def retry_dlq(
+        self,
+        dlq_ids: Iterable[str] | None = None,
+        *,
+        where: Filters | None = None,
+        count: int = DLQ_PAGE,
+        headers: HeaderInput = None,
+    ) -> tuple[list[str], str | None]:
+        """Publish DLQ entries again as new messages and remove them from the DLQ.
+
+        Configuration headers (`Upstash-Retries`, `-Delay`, `-Timeout`, `-Retry-Delay`,
+        `-Method`) override the original message's. Unknown ids answer 404 and retry nothing.
+        """
+        overrides = Headers(headers)
+        options = parse_delivery_options(overrides)
+        self._check_delay(options.delay or 0)
+        with self._lock:
+            if dlq_ids is not None:
+                ids = list(dlq_ids)
+                missing = [i for i in ids if i not in self.dlq]
+                if missing:
+                    raise ApiError(404, f"dlq message(s) not found: {', '.join(missing)}")
+                entries = [self.dlq[i] for i in dict.fromkeys(ids)]
+                more = False
+            else:
+                selected = self._select_dlq(None, where)
+                entries, more = selected[:count], len(selected) > count
+            now = self._clock()
+            new_ids = []
+            for entry in entries:
+                del self.dlq[entry.dlq_id]
+                old = entry.message
+                delay = options.delay if "Upstash-Delay" in overrides else None
+                message = self._add_message(
+                    url=old.url,
+                    method=options.method if "Upstash-Method" in overrides else old.method,
+                    headers={k: list(v) for k, v in old.headers.items()},
+                    body=old.body,
+                    max_retries=(
+                        options.retries if "Upstash-Retries" in overrides else old.max_retries
+                    ),
+                    not_before=now + (delay or 0),
+                    created_at=now,
+                    caller_ip=old.caller_ip,
+                    schedule_id=old.schedule_id,
+                    label=old.label,
+                    timeout=options.timeout if "Upstash-Timeout" in overrides else old.timeout,
+                    retry_delay=(
+                        options.retry_delay
+                        if "Upstash-Retry-Delay" in overrides
+                        else old.retry_delay
+                    ),
+                )
+                new_ids.append(message.message_id)
+            return new_ids, ("more" if more else None)
+
+    def list_events(
+        self,
+        *,
+        message_ids: Iterable[str] | None = None,
+        where: Filters | None = None,
+        count: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Return a page of logs, newest first, as `GET /v2/events` lists them."""
+        before = _event_cursor(cursor)
+        wanted = None if message_ids is None else set(message_ids)
+        with self._lock:
+            events = list(self.events)
+        page: list[tuple[int, dict[str, Any]]] = []
+        for seq, entry in reversed(events):
+            if before is not None and seq >= before:
+                continue
+            if wanted is not None and entry["messageId"] not in wanted:
+                continue
+            if where and not where.matches(entry):
+                continue
+            if len(page) == count:
+                # Older entries remain: the cursor is the sequence of the last one listed.
+                return [e for _, e in page], str(page[-1][0])
+            page.append((seq, entry))
+        return [e for _, e in page], None
 
     def rotate_keys(self) -> tuple[str, str]:
         """Roll the signing keys as QStash does: current := next, next := new."""
@@ -324,32 +443,47 @@ class LocalQStash:
 
     # Running.
 
-    def tick(self) -> int:
-        """Fire schedules and attempt deliveries due at clock(); return the number of attempts."""
-        with self._tick_lock:
-            with self._lock:
-                now = self._clock()
-                self._fire_due_schedules(now)
-                due = sorted(
-                    (m for m in self.messages.values() if m.next_attempt_at <= now),
-                    key=lambda m: (m.next_attempt_at, m.created_at),
+    def tick(self, *, wait: bool = True) -> int:
+        """Fire due schedules and start due deliveries; return how many attempts were started.
+
+        Deliveries run concurrently, up to `config.concurrency` at a time; a message already in
+        flight is not started again. With `wait` (the default, for tests that drive the clock)
+        tick() returns once the attempts it started have been settled.
+        """
+        with self._lock:
+            now = self._clock()
+            self._fire_due_schedules(now)
+            free = max(0, self.config.concurrency - len(self._in_flight))
+            due = sorted(
+                (
+                    m
+                    for m in self.messages.values()
+                    if m.next_attempt_at <= now and m.message_id not in self._in_flight
+                ),
+                key=lambda m: (m.next_attempt_at, m.created_at),
+            )[:free]
+            started = []
+            for message in due:
+                thread = threading.Thread(
+                    target=self._deliver,
+                    args=(self._delivery_request(message),),
+                    name=f"qstash-local-delivery-{message.message_id}",
+                    # A destination that never answers must not keep the process alive.
+                    daemon=True,
                 )
-                deliveries = [self._delivery_request(m) for m in due]
-            attempts = 0
-            for delivery in deliveries:
-                with self._lock:
-                    if delivery.message_id not in self.messages:
-                        continue
-                    key = self._keys[0 if self.config.sign_with == "current" else 1]
-                    signed_at = self._clock()
-                signature = sign_claims(
-                    qstash_claims(url=delivery.url, body=delivery.body, now=signed_at), key
-                )
-                response = send(delivery, signature=signature)
-                attempts += 1
-                with self._lock:
-                    self._settle(delivery, response, self._clock())
-            return attempts
+                self._in_flight[message.message_id] = thread
+                started.append(thread)
+        for thread in started:
+            thread.start()
+        if wait:
+            for thread in started:
+                thread.join()
+        return len(started)
+
+    def in_flight(self) -> int:
+        """Return how many deliveries are waiting for their destination's answer."""
+        with self._lock:
+            return len(self._in_flight)
 
     def start(self, interval: float = 1.0) -> None:
         """Call tick() every `interval` seconds of wall-clock time in a daemon thread."""
@@ -364,8 +498,8 @@ class LocalQStash:
         )
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the ticker thread, waiting for a delivery in progress to finish."""
+    def stop(self, *, grace: float = 10.0) -> None:
+        """Stop the ticker thread; wait up to `grace` seconds for deliveries in progress."""
         thread, stop = self._thread, self._stop
         if thread is None or stop is None:
             return
@@ -373,15 +507,60 @@ class LocalQStash:
         thread.join()
         self._thread = None
         self._stop = None
+        with self._lock:
+            deliveries = list(self._in_flight.values())
+        # A job may legitimately run for the plan's 15 minutes; Ctrl-C must not wait for it.
+        # Delivery threads are daemons, so those still running are simply abandoned.
+        deadline = time.monotonic() + grace
+        for delivery in deliveries:
+            delivery.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self, interval: float, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                self.tick()
+                # Without waiting, so that a slow destination delays nothing else.
+                self.tick(wait=False)
             except Exception:
                 # A bug in one tick must not stop deliveries for the rest of the session.
                 logger.exception("local QStash tick failed")
             stop.wait(interval)
+
+    def _deliver(self, delivery: DeliveryRequest) -> None:
+        try:
+            with self._lock:
+                message = self.messages.get(delivery.message_id)
+                if message is None:
+                    return  # cancelled before it went out
+                self._log(message, "ACTIVE")
+                key = self._keys[0 if self.config.sign_with == "current" else 1]
+                signed_at = self._clock()
+            signature = sign_claims(
+                qstash_claims(url=delivery.url, body=delivery.body, now=signed_at), key
+            )
+            response = send(delivery, signature=signature)
+            with self._lock:
+                self._settle(delivery, response, self._clock())
+        except Exception:
+            # A bug in one delivery must not stop the others; the message is tried again.
+            logger.exception("local QStash delivery of %s failed", delivery.message_id)
+        finally:
+            with self._lock:
+                self._in_flight.pop(delivery.message_id, None)
+
+    def _check_size(self, body: bytes) -> None:
+        limit = self.config.max_message_size
+        if limit is not None and len(body) > limit:
+            raise ApiError(
+                413,
+                f"message size {len(body)} bytes exceeds the plan's maximum of {limit} bytes",
+            )
+
+    def _check_delay(self, delay: float) -> None:
+        limit = self.config.max_delay
+        if limit is not None and delay > limit:
+            raise ApiError(
+                400, f"delay of {int(delay)}s exceeds the plan's maximum delay of {limit}s"
+            )
 
     # Internals; callers hold self._lock.
 
@@ -403,11 +582,35 @@ class LocalQStash:
             raise ApiError(404, f"dlq message {dlq_id!r} not found")
         return entry
 
+    def _select_dlq(
+        self, dlq_ids: Iterable[str] | None, where: Filters | None, *, after: str | None = None
+    ) -> list[DlqEntry]:
+        entries = list(self.dlq.values())
+        if after:
+            # The cursor is the last id of the previous page; the sequence in ids only grows.
+            last = _dlq_sequence(after)
+            entries = [e for e in entries if _dlq_sequence(e.dlq_id) > last]
+        if dlq_ids is not None:
+            wanted = set(dlq_ids)
+            return [e for e in entries if e.dlq_id in wanted]
+        if where:
+            return [e for e in entries if where.matches(dlq_json(e))]
+        return entries
+
     def _add_message(self, **fields: Any) -> Message:
         message = Message(message_id=f"msg_{uuid.uuid4().hex}", **fields)
         message.next_attempt_at = message.not_before
         self.messages[message.message_id] = message
+        self._log(message, "CREATED")
         return message
+
+    def _log(
+        self, message: Message, state: str, response: DeliveryResponse | None = None
+    ) -> None:
+        entry = event_json(
+            message, state, at=self._clock(), timeout=self._timeout(message), response=response
+        )
+        self.events.append((next(self._event_seq), entry))
 
     def _fire_due_schedules(self, now: float) -> None:
         for schedule in self.schedules.values():
@@ -437,11 +640,14 @@ class LocalQStash:
             # Slots missed while the clock jumped collapse into this single firing.
             schedule.next_schedule_time = next_fire_time(schedule.cron, now)
 
+    def _timeout(self, message: Message) -> float:
+        if message.timeout is None:
+            return self.config.delivery_timeout
+        # Upstash-Timeout can only shorten the plan's limit.
+        return min(self.config.delivery_timeout, float(message.timeout))
+
     def _delivery_request(self, message: Message) -> DeliveryRequest:
-        timeout = self.config.delivery_timeout
-        if message.timeout is not None:
-            # Upstash-Timeout can only shorten the server's own limit.
-            timeout = min(timeout, float(message.timeout))
+        timeout = self._timeout(message)
         return DeliveryRequest(
             message_id=message.message_id,
             schedule_id=message.schedule_id,
@@ -480,13 +686,18 @@ class LocalQStash:
         if response.ok:
             del self.messages[message.message_id]
             self._record_state(message, "SUCCESS")
-        elif response.non_retryable or message.retried >= message.max_retries:
+            self._log(message, "DELIVERED", response)
+            return
+        self._log(message, "ERROR", response)
+        if response.non_retryable or message.retried >= message.max_retries:
             del self.messages[message.message_id]
             self._move_to_dlq(message, response, now)
             self._record_state(message, "FAIL")
+            self._log(message, "FAILED", response)
         else:
             message.retried += 1
             message.next_attempt_at = now + self._retry_delay(message, response, now)
+            self._log(message, "RETRY")
 
     def _retry_delay(self, message: Message, response: DeliveryResponse, now: float) -> float:
         retry_after = response.header("Retry-After")
@@ -523,6 +734,22 @@ class LocalQStash:
         schedule = self.schedules.get(message.schedule_id or "")
         if schedule is not None and message.message_id in schedule.last_schedule_states:
             schedule.last_schedule_states[message.message_id] = state
+
+
+def _event_cursor(cursor: str | None) -> int | None:
+    if not cursor:
+        return None
+    try:
+        return int(cursor)
+    except ValueError:
+        raise ApiError(400, f"invalid cursor {cursor!r}") from None
+
+
+def _dlq_sequence(dlq_id: str) -> int:
+    try:
+        return int(dlq_id.rpartition("-")[2])
+    except ValueError:
+        raise ApiError(400, f"invalid cursor {dlq_id!r}") from None
 
 
 def _content_hash(url: str, body: bytes, headers: Mapping[str, list[str]]) -> str:

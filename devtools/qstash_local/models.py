@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from .parsing import CronSpec
 
@@ -135,7 +135,9 @@ def message_json(message: Message) -> dict[str, Any]:
     if message.schedule_id is not None:
         data["scheduleId"] = message.schedule_id
     if message.label is not None:
-        data["label"] = message.label
+        labels = split_labels(message.label)
+        data["label"] = labels[0] if labels else message.label
+        data["labels"] = labels
     if message.retry_delay is not None:
         data["retryDelayExpression"] = message.retry_delay
     return data
@@ -149,6 +151,73 @@ def dlq_json(entry: DlqEntry) -> dict[str, Any]:
     data["responseHeader"] = {k: list(v) for k, v in entry.response_headers.items()}
     data.update(_body_json(entry.response_body, "responseBody"))
     return data
+
+
+def event_json(
+    message: Message,
+    state: str,
+    *,
+    at: float,
+    timeout: float,
+    response: ResponseInfo | None = None,
+) -> dict[str, Any]:
+    """Render one log entry the way `GET /v2/events` lists it."""
+    data: dict[str, Any] = {
+        "time": _ms(at),
+        "messageId": message.message_id,
+        "state": state,
+        "url": message.url,
+        "method": message.method,
+        "maxRetries": message.max_retries,
+        # Milliseconds, unlike the other durations of the API.
+        "timeout": int(timeout * 1000),
+        "createdAt": _ms(message.created_at),
+        "callerIP": message.caller_ip,
+    }
+    if message.headers:
+        data["header"] = {k: list(v) for k, v in message.headers.items()}
+    if message.body:
+        data["body"] = base64.b64encode(message.body).decode("ascii")
+    if message.schedule_id is not None:
+        data["scheduleId"] = message.schedule_id
+    if message.label is not None:
+        labels = split_labels(message.label)
+        data["label"] = labels[0] if labels else message.label
+        data["labels"] = labels
+    if message.retry_delay is not None:
+        data["retryDelayExpr"] = message.retry_delay
+    if state in ("CREATED", "RETRY"):
+        data["nextDeliveryTime"] = _ms(message.next_attempt_at)
+    if response is not None:
+        if response.status is not None:
+            data["responseStatus"] = response.status
+        headers = {k: list(v) for k, v in response.headers.items()}
+        # The reference names it responseHeaders; qstash-py reads responseHeader.
+        data["responseHeaders"] = headers
+        data["responseHeader"] = headers
+        if response.body:
+            data["responseBody"] = base64.b64encode(response.body).decode("ascii")
+        if response.error is not None:
+            data["error"] = response.error
+    return data
+
+
+class ResponseInfo(Protocol):
+    """What an event needs to know about a destination's answer."""
+
+    @property
+    def status(self) -> int | None: ...
+    @property
+    def headers(self) -> dict[str, list[str]]: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def error(self) -> str | None: ...
+
+
+def split_labels(label: str) -> list[str]:
+    """Return the labels of a comma-separated `Upstash-Label` value."""
+    return [part.strip() for part in label.split(",") if part.strip()]
 
 
 def _body_json(body: bytes, key: str) -> dict[str, str]:

@@ -36,7 +36,13 @@ _GO_DURATION_UNITS = {
     "h": 3600.0,
 }
 _TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
-_UNSUPPORTED = ("Upstash-Callback", "Upstash-Failure-Callback", "Upstash-Queue-Name")
+_UNSUPPORTED = (
+    "Upstash-Callback",
+    "Upstash-Failure-Callback",
+    "Upstash-Queue-Name",
+    "Upstash-Flow-Control-Key",
+    "Upstash-Flow-Control-Value",
+)
 
 
 class ApiError(Exception):

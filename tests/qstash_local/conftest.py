@@ -62,6 +62,9 @@ class Receiver:
         self.requests: list[Recorded] = []
         self.replies: list[Reply] = []
         self.received = threading.Event()
+        # How many requests were being handled at once, at most: proves deliveries overlap.
+        self.active = 0
+        self.max_active = 0
         self._lock = threading.Lock()
         self.app = Flask(__name__)
         self.app.add_url_rule(
@@ -91,10 +94,16 @@ class Receiver:
                 )
             )
             reply = self.replies.pop(0) if self.replies else Reply()
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
         self.received.set()
-        if reply.sleep:
-            time.sleep(reply.sleep)
-        return Response(reply.body, status=reply.status, headers=reply.headers)
+        try:
+            if reply.sleep:
+                time.sleep(reply.sleep)
+            return Response(reply.body, status=reply.status, headers=reply.headers)
+        finally:
+            with self._lock:
+                self.active -= 1
 
 
 def publish(client: QStash, **options: Any) -> PublishResponse:

@@ -588,3 +588,22 @@ def test_destination_is_kept_exactly_as_sent(qs: Stack) -> None:
 
     message = qs.local.messages[response.json()["messageId"]]
     assert message.url == f"{HOOK}/a%20b%2Fc/"
+
+
+def test_flow_control_is_refused_like_queues_and_callbacks(qs: Stack) -> None:
+    with pytest.raises(QStashError, match="status: 400.*Flow-Control"):
+        publish(
+            qs.client,
+            url=HOOK,
+            body="x",
+            flow_control={"key": "k", "parallelism": 1},
+        )
+    with pytest.raises(QStashError, match="status: 400.*Flow-Control"):
+        qs.client.schedule.create(
+            destination=HOOK, cron="* * * * *", flow_control={"key": "k", "rate": 1}
+        )
+
+    assert qs.local.messages == {}
+    assert qs.local.schedules == {}
+
+

@@ -369,8 +369,11 @@ def test_timeout_is_a_failure(make_stack, receiver: Receiver) -> None:
     assert entry.response_status == 0
 
 
-@pytest.mark.parametrize(("upstash_timeout", "expected"), [(None, 30.0), ("5s", 5.0), ("2m", 30.0)])
-def test_upstash_timeout_can_only_shorten_the_delivery_timeout(
+@pytest.mark.parametrize(
+    ("upstash_timeout", "expected"),
+    [(None, 900.0), ("5s", 5.0), ("2m", 120.0), ("1h", 900.0)],
+)
+def test_upstash_timeout_can_only_shorten_the_plan_limit(
     qs: Stack, receiver: Receiver, mocker, upstash_timeout: str | None, expected: float
 ) -> None:
     spy = mocker.spy(requests.Session, "request")

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools.qstash_local import (
+    DEV_CURRENT_SIGNING_KEY,
+    DEV_NEXT_SIGNING_KEY,
+    DEV_TOKEN,
+)
+from tests.qstash_local.conftest import Stack
+
+JS_DIR = Path(__file__).resolve().parents[2] / "js"
+
+JsCall = Callable[..., Any]
+
+
+@pytest.fixture
+def js(qs: Stack) -> JsCall:
+    """Call the JavaScript SDK against the local server: js("messages.cancel", id).
+
+    js("batch", [op, [args...]], ...) makes several calls in one Node process, in order, and
+    returns the list of their answers.
+    """
+    node = shutil.which("node")
+    if node is None or not (JS_DIR / "node_modules" / "@upstash" / "qstash").is_dir():
+        pytest.fail("the JavaScript SDK is not installed: run `make js-deps` (needs Node 20+)")
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "QSTASH_URL": qs.server.url,
+        "QSTASH_TOKEN": DEV_TOKEN,
+        "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
+        "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY,
+    }
+
+    def call(operation: str, *args: Any) -> Any:
+        done = subprocess.run(
+            [node, str(JS_DIR / "client.mjs"), operation],
+            input=json.dumps(args),
+            cwd=JS_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        try:
+            answer = json.loads(done.stdout)
+        except ValueError:
+            pytest.fail(f"node {operation} exited {done.returncode}: {done.stderr[-2000:]}")
+        return answer
+
+    return call
+
+
+def ok(answer: dict[str, Any]) -> Any:
+    """Return the result of a JavaScript SDK call that must have succeeded."""
+    assert answer["ok"], answer
+    return answer["result"]
