@@ -176,7 +176,8 @@ def test_a_jti_that_is_not_a_plain_token_id_is_malformed(jti: str) -> None:
 @pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 1e308, 10**400, -1])
 def test_a_time_claim_that_is_not_a_plausible_time_is_malformed(claim: str, value: float) -> None:
-    assert rejected(mint(BODY, url=URL, **{claim: value})) == "malformed"
+    overrides: dict[str, Any] = {claim: value}
+    assert rejected(mint(BODY, url=URL, **overrides)) == "malformed"
 
 
 @pytest.mark.parametrize("claims", [
