@@ -17,8 +17,10 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
 
     from . import extensions, jobs, limits, logs, routing
     from .errors import register_error_handlers
+    from .request_body import BoundedRequest
 
     app = Flask(__name__, instance_relative_config=True, static_folder=None)
+    app.request_class = BoundedRequest
     settings = load_settings(settings)
     logs.configure_logging(settings)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
