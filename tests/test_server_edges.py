@@ -186,6 +186,29 @@ def test_a_request_read_slower_than_the_read_timeout_is_cut_off(
     assert cut_after < 5
 
 
+def test_clients_that_never_close_do_not_stall_the_worker(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # gunicorn closes a connection in the worker's main loop and would wait there up to 2 s
+    # for the client to close too: a few such clients would stall every other connection.
+    with gunicorn(env, tmp_path, GUNICORN_WORKERS="1") as server:
+        kept: list[socket.socket] = []
+        try:
+            for _ in range(4):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+                kept.append(sock)
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            started = time.monotonic()
+            health = requests.get(server.url + "/healthz", timeout=30)
+            waited = time.monotonic() - started
+        finally:
+            for sock in kept:
+                sock.close()
+    assert health.status_code == 200
+    assert waited < 1.0, f"/healthz took {waited:.2f} s"
+
+
 def test_a_job_outlasts_the_read_timeout_and_a_stop_lets_it_finish(
     app: Flask, env: dict[str, str], tmp_path: Path
 ) -> None:
