@@ -24,8 +24,8 @@ FUZZ_EXAMPLES := 5000
 KILL_ROUNDS := 20
 endif
 
-.PHONY: install js-deps lint test test-sqlite test-postgres run serve demo migrate bench \
-	reliability reliability-tests reliability-load clean
+.PHONY: install js-deps lint test test-tools test-database bench-setup test-sqlite test-postgres \
+	run serve demo migrate bench reliability reliability-tests reliability-load clean
 
 install: $(VENV)/.installed
 
@@ -48,15 +48,27 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
-	$(VENV)/bin/shellcheck docker-entrypoint.sh .ci/run
+	$(VENV)/bin/shellcheck docker-entrypoint.sh .ci/run scripts/setup-test-tools.sh
 
-test-sqlite: install js-deps
+# The system tools the tests use (installed when root with apt, else named), then PostgreSQL.
+test-tools:
+	scripts/setup-test-tools.sh
+
+test-database:
+	scripts/setup-test-tools.sh "$(TEST_DATABASE_URL)"
+
+# wrk and a running PostgreSQL for the benchmarks (they create their databases themselves).
+bench-setup:
+	scripts/setup-test-tools.sh "$(BENCH_DATABASE_URL)"
+
+test-sqlite: test-tools install js-deps
 	TEST_DATABASE_URL= $(PY) -m pytest
 
-test-postgres: install js-deps
+test-postgres: test-tools test-database install js-deps
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest
 
-test: lint test-sqlite test-postgres
+# Set-up first, so that a missing tool or database is named before anything runs.
+test: test-tools test-database lint test-sqlite test-postgres
 
 migrate: install
 	$(VENV)/bin/flask --app wsgi db upgrade
@@ -76,7 +88,7 @@ serve: migrate
 
 # Performance figures (docs/benchmarks.md): payout throughput on SQLite and PostgreSQL,
 # then verified deliveries against a bare route under wrk, and where a delivery's CPU goes.
-bench: install
+bench: install bench-setup
 	$(PY) -m bench.payouts_throughput --database-url sqlite:///$(CURDIR)/instance/bench.sqlite3 $(PAYOUT_BENCH_ARGS)
 	$(PY) -m bench.payouts_throughput --database-url $(BENCH_DATABASE_URL) $(PAYOUT_BENCH_ARGS)
 	$(PY) -m bench.load.run_load --database both --phases load $(LOAD_ARGS)
@@ -92,7 +104,7 @@ reliability-tests: install
 		tests/test_limits.py tests/test_faults.py tests/payouts/test_fault_loops.py \
 		tests/payouts/test_exactly_once.py tests/payouts/test_outbox.py
 
-reliability-load: install
+reliability-load: install bench-setup
 	$(PY) -m bench.load.run_load --database both --phases storm,memory $(LOAD_ARGS)
 
 clean:

@@ -23,12 +23,14 @@ def create_app(
     from blueprints import BLUEPRINTS
     from cli import init_app as init_cli
 
-    from . import extensions, limits, logs
+    from . import extensions, limits, logs, routing
     from .errors import register_error_handlers
     from .qstash.delivery import job_registry
+    from .request_body import BoundedRequest
     from .settings import validate_job_settings
 
     app = Flask(__name__, instance_relative_config=True, static_folder=None)
+    app.request_class = BoundedRequest
     settings = load_settings(settings)
     logs.configure_logging(settings)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -41,6 +43,7 @@ def create_app(
     logs.log_config_report(extensions.get_config_report(app))
     logs.init_request_ids(app)
     limits.init_limits(app)
+    routing.init_routing(app)
     for bp in blueprints:
         app.register_blueprint(bp)
     register_error_handlers(app)

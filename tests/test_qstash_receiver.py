@@ -328,6 +328,21 @@ def test_a_token_without_jti_is_accepted(client: FlaskClient, marker: Path) -> N
     assert (response.status_code, response.get_json()["status"]) == (200, "succeeded")
 
 
+@pytest.mark.parametrize("claims", [
+    {"jti": "jwt_\ud800"}, {"jti": "jwt_\x00"}, {"exp": float("nan")}, {"exp": float("inf")},
+    {"nbf": 1e308}, {"iat": float("-inf")}, {"exp": int(time.time()) + 3600},
+])
+def test_a_signed_token_with_unstorable_or_implausible_claims_is_malformed(
+    app: Flask, client: FlaskClient, marker: Path, claims: dict[str, Any]
+) -> None:
+    # Validly signed, so it got past the MAC: it must be a 401, not a 500 QStash retries for days.
+    response = deliver(client, probe_body(marker), **claims)
+    assert response.status_code == 401
+    assert response.get_json()["error"] == "malformed"
+    assert runs(app) == []
+    assert executions(marker) == []
+
+
 @pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000,
                                   b'{"job":"probe","n":' + b"9" * 5000 + b"}"],
                          ids=["deeply-nested", "huge-number"])

@@ -61,11 +61,21 @@ def test_body_hash_matches_protocol_vectors(body: bytes, expected: str) -> None:
     assert body_hash(body) == expected
 
 
-def test_fixed_vector_verifies_here_and_in_the_official_sdk() -> None:
-    claims = verify(VECTOR)
+# The same claims, but valid for QStash's 5 minutes from iat: the ones QStash really issues.
+SHORT_VECTOR = sign_claims(
+    {"iss": "Upstash", "sub": URL, "exp": 1_700_000_300, "nbf": 0, "iat": 1_700_000_000,
+     "jti": "jwt_test_vector_1", "body": "k6I5cakU5erL8KjSUVTNownDwccvu5kU1Hxg88toFYg="},
+    CURRENT_KEY,
+)
+
+
+def test_fixed_vector_verifies_in_the_official_sdk_but_lives_too_long_here() -> None:
+    assert official(VECTOR)
+    # Valid until 2100: far longer than any token QStash issues, so refused here.
+    assert rejected(VECTOR) == "malformed"
+    claims = verify(SHORT_VECTOR, now=1_700_000_100)
     assert claims["jti"] == "jwt_test_vector_1"
     assert claims["sub"] == URL
-    assert official(VECTOR)
 
 
 def test_minted_tokens_match_the_fixed_vector_shape() -> None:
@@ -155,6 +165,44 @@ def test_wrong_claim_types_are_malformed() -> None:
     assert rejected(mint(BODY, url=URL, sub=None)) == "malformed"
     assert rejected(mint(BODY, url=URL, body=None)) == "malformed"
     assert rejected(mint(BODY, url=URL, exp="soon")) == "malformed"
+
+
+@pytest.mark.parametrize("jti", ["jwt_\ud800", "jwt_\x00", "jwt_\u0661", "jwt 1", "jwt_é", ""])
+def test_a_jti_that_is_not_a_plain_token_id_is_malformed(jti: str) -> None:
+    # Stored in job_runs.token_id: a lone surrogate or NUL cannot be stored by both databases.
+    assert rejected(mint(BODY, url=URL, jti=jti)) == "malformed"
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 1e308, 10**400, -1])
+def test_a_time_claim_that_is_not_a_plausible_time_is_malformed(claim: str, value: float) -> None:
+    overrides: dict[str, Any] = {claim: value}
+    assert rejected(mint(BODY, url=URL, **overrides)) == "malformed"
+
+
+@pytest.mark.parametrize("claims", [
+    {"exp": 1_700_000_000 + 331},  # 5 minutes plus the tolerance, plus one second
+    {"exp": 1_700_000_000 + 331, "iat": None},
+    {"exp": 1_700_000_000 + 3600, "iat": None, "nbf": 0},
+    {"exp": 1_700_000_000 + 100, "iat": 1_700_000_000 - 300, "nbf": 0},
+])
+def test_a_token_that_lives_longer_than_qstash_issues_is_malformed(
+    claims: dict[str, Any],
+) -> None:
+    token = mint(BODY, url=URL, now=1_700_000_000, **claims)
+    assert rejected(token, leeway=30, now=1_700_000_000) == "malformed"
+
+
+@pytest.mark.parametrize("claims", [
+    {},
+    {"nbf": 0},
+    {"nbf": 0, "iat": None},
+    {"exp": 1_700_000_000 + 330},  # 5 minutes plus the tolerance
+])
+def test_a_token_that_lives_as_long_as_qstash_issues_is_accepted(
+    claims: dict[str, Any],
+) -> None:
+    verify(mint(BODY, url=URL, now=1_700_000_000, **claims), leeway=30, now=1_700_000_000)
 
 
 def test_the_mac_is_checked_before_any_claim() -> None:

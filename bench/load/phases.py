@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from bench.load.harness import Server, cpu_seconds, rss_of, settled_runs
 from bench.load.wrk import delivery_settings, new_tag, run_wrk
 from devtools.qstash_local import DEV_CURRENT_SIGNING_KEY
-from service.qstash.signature import qstash_claims, sign_claims
+from service.qstash.signature import MAX_LIFETIME, qstash_claims, sign_claims
 
 STORM_JOB = "storm-probe"
 
@@ -58,7 +58,7 @@ def warm_up(server: Server, plan: Plan) -> None:
     run_wrk(server.url + "/healthz", duration=plan.warmup, connections=plan.connections,
             threads=plan.threads)
     run_wrk(server.url, duration=plan.warmup, connections=plan.connections, threads=plan.threads,
-            deliveries=delivery_settings(server, run=new_tag("W"), lifetime=plan.warmup + 300))
+            deliveries=delivery_settings(server, run=new_tag("W"), lifetime=MAX_LIFETIME))
 
 
 def load_phase(server: Server, engine: Engine, plan: Plan) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def load_phase(server: Server, engine: Engine, plan: Plan) -> dict[str, Any]:
     delivered = run_wrk(server.url, duration=plan.duration, connections=plan.connections,
                         threads=plan.threads,
                         deliveries=delivery_settings(server, run=tag,
-                                                     lifetime=plan.duration + 300))
+                                                     lifetime=MAX_LIFETIME))
     runs = settled_runs(engine, tag + "-")
     delivered_cpu = cpu_seconds(pids) - cpu
     script = delivered.script or {}
@@ -200,12 +200,13 @@ def memory_phase(server: Server, engine: Engine, plan: Plan,
     chunk = 0
     while delivered < plan.deliveries and time.monotonic() < deadline:
         wanted = min(chunk_size, plan.deliveries - delivered)
-        duration = max(1, min(math.ceil(wanted / rate), 300))
+        # Each chunk's tokens are minted before it starts and live MAX_LIFETIME s, like QStash's.
+        duration = max(1, min(math.ceil(wanted / rate), MAX_LIFETIME - 60))
         chunk_started = time.monotonic()
         result = run_wrk(server.url, duration=duration, connections=plan.connections,
                          threads=plan.threads,
                          deliveries=delivery_settings(server, run=f"{tag}c{chunk}",
-                                                      lifetime=duration + 300))
+                                                      lifetime=MAX_LIFETIME))
         script = result.script or {}
         answered = int(script.get("ok", 0))
         delivered += answered

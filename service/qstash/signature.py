@@ -4,6 +4,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -16,6 +17,10 @@ from ..errors import Unauthorized
 ISSUER = "Upstash"
 NUMBER = (int, float)
 MAX_TOKEN_ID = 128  # the run record keeps each delivery's `jti` (job_runs.token_id)
+# As strict as the message id: what both databases store as given (no NUL, no lone surrogate).
+TOKEN_ID_RE = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_TOKEN_ID}}}")
+MAX_LIFETIME = 300  # QStash signs each delivery for 5 minutes (protocol §1.4)
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z; beyond it a claim is not a time
 _JWS = jwt.PyJWS()  # stateless: verifies the MAC and parses, nothing else
 
 
@@ -86,6 +91,10 @@ def verify_signature(
     if len(claims.get("jti", "")) > MAX_TOKEN_ID:
         raise SignatureRejected(f"the token's 'jti' claim is longer than {MAX_TOKEN_ID} characters",
                                 code="malformed")
+    if "jti" in claims and not TOKEN_ID_RE.fullmatch(claims["jti"]):
+        raise SignatureRejected("the token's 'jti' claim has characters a token id never has",
+                                code="malformed")
+    _check_plausible_times(claims)
     if claims.get("aud"):
         raise SignatureRejected("the token is addressed to another audience", code="malformed")
 
@@ -97,6 +106,7 @@ def verify_signature(
         raise SignatureRejected(
             "the token is not valid yet; check this host's clock (NTP)", code="not_yet_valid"
         )
+    _check_lifetime(claims, now=now, leeway=leeway)
     if not hmac.compare_digest(claims["sub"].encode(), url.encode()):
         raise SignatureRejected(
             "the token was issued for another URL; check APP_URL", code="wrong_subject"
@@ -107,6 +117,25 @@ def verify_signature(
             code="body_mismatch",
         )
     return claims
+
+
+def _check_plausible_times(claims: dict[str, Any]) -> None:
+    # NaN compares false with everything and Infinity or 1e308 never expire: each would slip
+    # through the time window. A range check refuses all three (and no huge int reaches floats).
+    for name in ("exp", "nbf", "iat"):
+        if name in claims and not 0 <= claims[name] <= MAX_TIMESTAMP:
+            raise SignatureRejected(f"the token's {name!r} claim is not a plausible time",
+                                    code="malformed")
+
+
+def _check_lifetime(claims: dict[str, Any], *, now: float, leeway: int) -> None:
+    # nbf is 0 in QStash's tokens (protocol §1.1): only a positive start says when it was issued.
+    start = max(claims.get("iat", 0), claims["nbf"])
+    longest = MAX_LIFETIME + leeway
+    if claims["exp"] - now > longest or (start > 0 and claims["exp"] - start > longest):
+        raise SignatureRejected(
+            f"the token is valid for longer than QStash's {MAX_LIFETIME} s", code="malformed"
+        )
 
 
 def _decode_with_any_key(token: str, keys: Sequence[str]) -> dict[str, Any]:

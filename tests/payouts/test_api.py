@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,6 +52,27 @@ def test_every_endpoint_needs_the_admin_token(client: FlaskClient) -> None:
                                            headers={"Authorization": "Bearer wrong"})
         assert response.status_code == 401, path
         assert response.get_json()["error"] == "unauthorized"
+
+
+@pytest.mark.parametrize("digit", ["\u0661", "\uff11", "\U0001d7cf", "\u00b9"])
+def test_ids_in_paths_are_ascii_digits_only(
+    app: Flask, client: FlaskClient, expert: dict[str, Any], digit: str
+) -> None:
+    created = client.post("/api/transfers", json=transfer_body(requires_approval=True),
+                          headers=AUTH).get_json()
+    assert created["id"] == 1
+    routes = [(rule.rule, method) for rule in app.url_map.iter_rules()
+              for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})
+              if "<int:" in rule.rule]
+    assert len(routes) >= 2
+    for rule, method in routes:
+        body = {"approved_by": "ops@example.com"}
+        other = client.open(re.sub(r"<int:\w+>", digit, rule), method=method, json=body,
+                            headers=AUTH)
+        assert (other.status_code, other.get_json()["error"]) == (404, "not_found"), rule
+        ascii_one = client.open(re.sub(r"<int:\w+>", "1", rule), method=method, json=body,
+                                headers=AUTH)
+        assert ascii_one.status_code == 200, rule
 
 
 def test_disabled_without_a_token(make_app: AppFactory, env: dict[str, str]) -> None:

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from typing import Any
+
+from gunicorn import util
+from gunicorn.http.errors import ParseException
+from gunicorn.workers import gthread
+
+
+class RequestTimedOut(ConnectionResetError):
+    """The client did not send its request (headers and body) within the read timeout."""
+
+
+class _ReadDeadlineSocket(socket.socket):
+    """A client connection whose reads fail once the request has taken too long to arrive.
+
+    A per-read timeout is not enough: a client sending a byte every few seconds would never
+    trip it. So each read waits at most until one deadline for the whole request.
+    """
+
+    deadline: float | None = None
+    closing = False
+
+    def shutdown(self, how: int) -> None:
+        super().shutdown(how)
+        self.closing = True
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if self.closing:
+            # gunicorn closes a connection in its main loop, lingering up to 2 s for the peer
+            # to close too: a client that never does would stall every connection of the
+            # worker. Take only what has already arrived (so the close sends no RST for it).
+            self.setblocking(False)
+            return super().recv(bufsize, flags)
+        self._arm()
+        try:
+            return super().recv(bufsize, flags)
+        except TimeoutError:
+            if self._expired():
+                raise self._timed_out() from None
+            raise
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self._arm()
+        try:
+            return super().recv_into(buffer, nbytes, flags)
+        except TimeoutError:
+            if self._expired():
+                raise self._timed_out() from None
+            raise
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        # Writing is not bounded here: a job's answer may come long after the request arrived.
+        if self.gettimeout() != 0.0:
+            self.settimeout(None)
+        super().sendall(data, flags)
+
+    def _arm(self) -> None:
+        if self.deadline is None:
+            return
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self._timed_out()
+        current = self.gettimeout()
+        if current is None or current > left:  # keep a shorter one (gunicorn's body drain)
+            self.settimeout(left)
+
+    def _expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _timed_out(self) -> RequestTimedOut:
+        # ECONNRESET: gunicorn closes the connection quietly, as when a client goes away.
+        return RequestTimedOut(errno.ECONNRESET, "the request did not arrive within its time")
+
+
+class BoundedThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
+    """gunicorn's threaded worker, with a connection held by a thread only while it is busy.
+
+    - A new connection that has sent nothing waits in the worker's poller, not in a thread
+      (gunicorn's own worker parks it in a thread for 5 s), and is closed after `keepalive`.
+    - Reading one request, headers and body, may take at most `read_timeout` seconds: a client
+      that sends them slowly loses its connection instead of holding a thread.
+    - A request gunicorn cannot parse is answered without quoting it back (a header line
+      without a colon may hold a credential).
+    """
+
+    read_timeout = 10.0
+
+    def handle(self, conn: Any) -> Any:
+        if not conn.initialized and not conn.data_ready and not conn.wait_for_data(0):
+            return gthread._DEFER  # back to the poller until it has sent something
+        if not isinstance(conn.sock, _ReadDeadlineSocket):
+            plain = conn.sock
+            conn.sock = _ReadDeadlineSocket(plain.family, plain.type, plain.proto,
+                                            fileno=plain.detach())
+        conn.sock.deadline = time.monotonic() + self.read_timeout
+        try:
+            return super().handle(conn)
+        finally:
+            conn.sock.deadline = None
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        if not isinstance(exc, ParseException):
+            super().handle_error(req, client, addr, exc)
+            return
+        # Let gunicorn log the error and choose the status, then answer with an empty page.
+        page = _Page()
+        super().handle_error(req, page, addr, exc)
+        status, _, reason = page.status_line().partition(" ")
+        try:
+            util.write_error(client, int(status), reason, "")
+        except Exception:
+            self.log.debug("Failed to send error message.")
+
+
+class _Page:
+    """Stands in for the client socket while gunicorn writes its error page."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def gettimeout(self) -> float:
+        return 0.0
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+    def status_line(self) -> str:
+        first = self.data.split(b"\r\n", 1)[0].decode("latin-1")
+        return first.partition(" ")[2] or "400 Bad Request"
+
+
+def thread_worker(*, read_timeout: float) -> type[BoundedThreadWorker]:
+    """Return the worker class for gunicorn's `worker_class`, with this read timeout."""
+    return type("BoundedThreadWorker", (BoundedThreadWorker,), {"read_timeout": read_timeout})
