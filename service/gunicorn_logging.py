@@ -9,7 +9,7 @@ from gunicorn import glogging
 
 from .errors import ConfigurationError
 from .logs import ScrubbingFormatter
-from .payouts.provider import redact_secrets
+from .redaction import redact_secrets
 
 # Request headers and environ entries gunicorn offers to access log formats that can hold
 # a credential; a format that names one gets "-".
