@@ -2,19 +2,20 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from cli import dlq
 from service.extensions import get_config_report, get_jobs, get_qstash, get_settings
 from service.health import qstash_health
-from service.jobs import RECEIVER_PATH, TARGET_HEADER
 from service.qstash_api import QStashApiError
+from service.qstash_trigger import publish_trigger
 from service.schedules import Plan, ScheduleConfigError, apply_plan, compute_plan, schedule_prefix
 
 group = AppGroup("qstash", help="Sync and inspect the QStash schedules of the jobs.")
+group.add_command(dlq.group)
 NOT_CONFIGURED = 3
 
 
@@ -98,16 +99,10 @@ def trigger(name: str) -> None:
     jobs = get_jobs()
     if name not in jobs:
         raise click.ClickException(f"unknown job {name!r}; one of {', '.join(sorted(jobs))}")
-    job = jobs[name]
+    app_url = get_settings().app_url
+    assert app_url is not None  # require_config refused a missing APP_URL
     try:
-        message_id = get_qstash().publish(
-            url=f"{get_settings().app_url}{RECEIVER_PATH}",
-            body=json.dumps({"job": job.name, "trigger": "manual",
-                             "at": datetime.now(UTC).isoformat()}, separators=(",", ":")),
-            headers={TARGET_HEADER: job.path},
-            retries=job.retries,
-            timeout=job.timeout,
-        )
+        message_id = publish_trigger(get_qstash(), app_url=app_url, job=jobs[name])
     except QStashApiError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(message_id)
