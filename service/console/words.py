@@ -31,6 +31,8 @@ def cron_in_words(cron: str) -> str:
     days = _days(day, month, weekday)
     if days is None:
         return f"cron {expression}"
+    if days == ", every day" and when.startswith("every"):
+        return when  # "every 2 hours, every day" says nothing more
     return f"{when}{days}"
 
 
