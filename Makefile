@@ -23,8 +23,8 @@ FUZZ_EXAMPLES := 5000
 KILL_ROUNDS := 20
 endif
 
-.PHONY: install lint test test-sqlite test-postgres run serve demo migrate bench reliability \
-	reliability-tests reliability-load clean
+.PHONY: install lint test test-sqlite test-postgres console-browser run serve demo migrate bench \
+	reliability reliability-tests reliability-load clean
 
 install: $(VENV)/.installed
 
@@ -40,7 +40,15 @@ lint: install
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/shellcheck docker-entrypoint.sh .ci/run
 
-test-sqlite: install
+# The browser the console's end-to-end test drives (tests/console/test_browser.py): Debian's
+# chromium, installed with apt when run as root; without it that test is skipped.
+console-browser:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq chromium; \
+	else echo "note: chromium is missing; install it (apt-get install chromium) to run the console's browser test"; fi
+
+test-sqlite: install console-browser
 	TEST_DATABASE_URL= $(PY) -m pytest
 
 test-postgres: install

@@ -114,8 +114,8 @@ def service(env: Mapping[str, str], host: str, port: int) -> Iterator[str]:
             try:
                 if requests.get(url + "/readyz", timeout=1).ok:
                     break
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or a worker still booting on a busy machine
             if process.poll() is not None:
                 raise StackError(f"gunicorn exited with code {process.returncode}")
             if time.monotonic() > deadline:

@@ -45,9 +45,10 @@ def console(client: FlaskClient) -> FlaskClient:
 
 
 def add_dead_letter(local: LocalQStash, *, job: str = "process-tasks",
-                    answer: bytes = b'{"error":"job_failed"}', status: int = 500) -> str:
+                    answer: bytes = b'{"error":"job_failed"}', status: int = 500,
+                    url: str = RECEIVER_URL) -> str:
     """Put a message for a job into the local QStash's DLQ, as after its last failed attempt."""
-    published = local.publish(RECEIVER_URL, body=json.dumps({"job": job}).encode(), headers={
+    published = local.publish(url, body=json.dumps({"job": job}).encode(), headers={
         "Upstash-Forward-X-Qstash-Target-Url": f"/api/cron/{job}", "Upstash-Retries": "0",
         "Content-Type": "application/json"})
     with local._lock:
