@@ -10,9 +10,9 @@ from .words import duration_in_words
 
 DAYS = 30
 WIDTH = 900
-HEIGHT = 120
+HEIGHT = 86
 MARGIN = 24
-AXIS_Y = 70
+AXIS_Y = 54
 MIN_RADIUS = 3.0
 MAX_RADIUS = 14.0
 
