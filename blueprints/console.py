@@ -179,6 +179,14 @@ def sign_in() -> BaseResponse:
             return redirect(url_for("console.overview"), code=303)
         return _page("console/sign_in.html")
     address = request.remote_addr or "unknown"
+    locked = throttle.locked_for(address)
+    if locked:
+        log.warning("console sign-in refused: too many failures from this address",
+                    extra={"event": {"client": address, "locked_seconds": int(locked)}})
+        response = _page("console/sign_in.html", status=429,
+                         error=f"Too many failed sign-ins; try again in {int(locked) + 1} s.")
+        response.headers["Retry-After"] = str(int(locked) + 1)
+        return response
     if access.token_matches(request.form.get("token", ""), get_settings().admin_api_token):
         throttle.succeeded(address)
         access.start_session(session)
@@ -197,10 +205,12 @@ def sign_in() -> BaseResponse:
 def sign_in_link() -> BaseResponse:
     """Sign in with a one-time link made by `flask console sign-in-link`."""
     code = request.args.get("code", "")
-    if not access.redeem_sign_in_code(current_app.instance_path, code):
+    address = request.remote_addr or "unknown"
+    if throttle.locked_for(address) or not access.redeem_sign_in_code(
+            current_app.instance_path, code):
         log.warning("console sign-in link refused: unknown, used or expired",
                     extra={"event": {"client": request.remote_addr}})
-        access.pause(throttle.failed(request.remote_addr or "unknown"))
+        access.pause(throttle.failed(address))
         return _page("console/sign_in.html", status=401,
                      error="That sign-in link is unknown, expired or already used.")
     access.start_session(session)

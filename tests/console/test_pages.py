@@ -8,6 +8,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from service.console.access import FREE_FAILURES, SignInThrottle
 from service.db import utcnow
 from service.extensions import get_sessions
 from service.models import JobRun
@@ -89,6 +90,20 @@ def test_wrong_token_is_refused_logged_and_slowed(client: FlaskClient,
     assert "not the ADMIN_API_TOKEN" in text(answer)
     assert _no_pauses == [0.5]
     assert any("sign-in failed" in r.getMessage() for r in caplog.records)
+    assert client.get("/admin/").status_code == 303
+
+
+def test_repeated_failures_lock_the_address_out(client: FlaskClient,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("blueprints.console.throttle", SignInThrottle())
+    for _ in range(FREE_FAILURES):
+        answer = client.post("/admin/sign-in", data={"token": "guess",
+                                                     "csrf_token": csrf_of(client)})
+        assert answer.status_code == 401
+    # Now even the right token is not looked at until the lockout ends.
+    locked = client.post("/admin/sign-in", data={"token": ADMIN_TOKEN,
+                                                 "csrf_token": csrf_of(client)})
+    assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
     assert client.get("/admin/").status_code == 303
 
 

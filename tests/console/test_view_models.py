@@ -95,12 +95,19 @@ def test_session_lifetime_is_bounded() -> None:
 def test_failed_sign_ins_are_slowed_more_each_time() -> None:
     clock = [0.0]
     throttle = access.SignInThrottle(clock=lambda: clock[0])
-    waits = [throttle.failed("10.0.0.1") for _ in range(6)]
-    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
-    assert throttle.failed("10.0.0.2") == 0.5
+    waits = [throttle.failed("10.0.0.1") for _ in range(4)]
+    assert waits == [0.5, 1.0, 2.0, 2.0]
+    assert throttle.locked_for("10.0.0.1") == 0
+    throttle.failed("10.0.0.1")
+    assert throttle.locked_for("10.0.0.1") == access.FIRST_LOCKOUT
+    throttle.failed("10.0.0.1")
+    assert throttle.locked_for("10.0.0.1") == 2 * access.FIRST_LOCKOUT
+    clock[0] = 2 * access.FIRST_LOCKOUT
+    assert throttle.locked_for("10.0.0.1") == 0
+    assert throttle.failed("10.0.0.2") == 0.5 and throttle.locked_for("10.0.0.2") == 0
     throttle.succeeded("10.0.0.1")
     assert throttle.failed("10.0.0.1") == 0.5
-    clock[0] = access.FORGET_AFTER + 1
+    clock[0] += access.FORGET_AFTER + 1
     assert throttle.failed("10.0.0.2") == 0.5
 
 
