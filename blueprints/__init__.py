@@ -5,6 +5,7 @@ from flask import Blueprint
 from . import (
     admin,
     check_upcoming_payouts,
+    console,
     health,
     payouts_api,
     process_expert_transfers,
@@ -20,4 +21,5 @@ BLUEPRINTS: tuple[Blueprint, ...] = (
     process_tasks.bp,
     process_expert_transfers.bp,
     check_upcoming_payouts.bp,
+    console.bp,
 )

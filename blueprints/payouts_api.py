@@ -37,8 +37,13 @@ bp.before_request(require_admin)
 def payout_error(exc: PayoutError) -> Response:
     """Answer a refusal of the payouts domain as JSON with its status code."""
     response = jsonify({"error": exc.code, "message": exc.message, **exc.extra})
-    response.status_code = next((code for kind, code in STATUS if isinstance(exc, kind)), 400)
+    response.status_code = payout_status(exc)
     return response
+
+
+def payout_status(exc: PayoutError) -> int:
+    """Return the HTTP status a refusal of the payouts domain is answered with."""
+    return next((code for kind, code in STATUS if isinstance(exc, kind)), 400)
 
 
 def _json_body() -> Any:

@@ -1,16 +1,16 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from cli import dlq
 from service.extensions import get_config_report, get_jobs, get_qstash, get_settings
 from service.health import qstash_health
 from service.qstash.api import QStashApiError
-from service.qstash.messages import job_message
+from service.qstash.messages import publish_trigger
 from service.qstash.schedules import (
     Plan,
     ScheduleConfigError,
@@ -20,6 +20,7 @@ from service.qstash.schedules import (
 )
 
 group = AppGroup("qstash", help="Sync and inspect the QStash schedules of the jobs.")
+group.add_command(dlq.group)
 NOT_CONFIGURED = 3
 
 
@@ -105,10 +106,8 @@ def trigger(name: str) -> None:
         raise click.ClickException(f"unknown job {name!r}; one of {', '.join(sorted(jobs))}")
     app_url = get_settings().app_url
     assert app_url is not None  # require_config refused a missing APP_URL
-    message = job_message(jobs[name], app_url,
-                          extra={"trigger": "manual", "at": datetime.now(UTC).isoformat()})
     try:
-        message_id = get_qstash().publish(message)
+        message_id = publish_trigger(get_qstash(), app_url=app_url, job=jobs[name])
     except QStashApiError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(message_id)

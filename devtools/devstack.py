@@ -194,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
                 ok = all(runs.get(job, {}).get("status") == "succeeded" for job in jobs)
                 say(f"all {len(jobs)} jobs succeeded" if ok else "some jobs did not succeed")
                 return 0 if ok else 1
+            # A one-time link into the console, printed here on the machine that runs it.
+            link = flask(env, "console", "sign-in-link", "--base-url", url).strip()
             print(f"""
   service        {url}   (health: {url}/readyz)
+  console        {url}/admin/
+                 sign in once, within 10 minutes: {link}
   local QStash   {qstash.url}   (token and keys: the public dev credentials)
   admin token    {token}
   job runs       curl -H 'Authorization: Bearer {token}' {url}/api/admin/job-runs

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make this machine ready for `make test`, before anything runs: the system tools the tests use
-# (wrk drives gunicorn in the load smoke test, openssl mints the mail tests' certificates), and,
+# (wrk drives gunicorn in the load smoke test, openssl mints the mail tests' certificates,
+# chromium is the browser the console's end-to-end test drives), and,
 # given the PostgreSQL test URL, a running local PostgreSQL with that database.
 # As root with apt-get the tools are installed; otherwise the script says what to install.
 set -euo pipefail
@@ -8,8 +9,9 @@ set -euo pipefail
 database_url="${1:-}"
 
 missing=()
-for tool in wrk openssl; do
-    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+# command:Debian package
+for pair in wrk:wrk openssl:openssl chromium:chromium; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then
     if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ..runs.jobs import Job
@@ -53,3 +54,9 @@ def job_message(
         deduplication_id=deduplication_id,
         delay=delay,
     )
+
+
+def publish_trigger(publisher: Publisher, *, app_url: str, job: Job) -> str:
+    """Publish one delivery of a job now, as its schedule would, marked manual; return its id."""
+    return publisher.publish(job_message(
+        job, app_url, extra={"trigger": "manual", "at": datetime.now(UTC).isoformat()}))
