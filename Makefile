@@ -100,8 +100,8 @@ reliability: reliability-tests reliability-load
 
 reliability-tests: install
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) KILL_ROUNDS=$(KILL_ROUNDS) $(PY) -m pytest -p no:cacheprovider \
-		--hypothesis-show-statistics tests/test_fuzz_security.py tests/test_secrets.py \
-		tests/test_limits.py tests/test_faults.py tests/payouts/test_fault_loops.py \
+		--hypothesis-show-statistics tests/fuzz/test_fuzz_security.py tests/app/test_secrets.py \
+		tests/app/test_limits.py tests/faults/test_faults.py tests/payouts/test_fault_loops.py \
 		tests/payouts/test_exactly_once.py tests/payouts/test_outbox.py
 
 reliability-load: install bench-setup

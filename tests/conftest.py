@@ -3,27 +3,26 @@ from __future__ import annotations
 import io
 import logging
 import os
-import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
 
-import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from sqlalchemy import func, select, update
-from sqlalchemy.engine import make_url
 
 from blueprints import BLUEPRINTS
 from devtools.qstash_local import DEV_TOKEN, LocalQStash, LocalQStashConfig, RunningServer, serve
 from service import create_app, db, extensions
-from service.db import utcnow
 from service.extensions import get_engine
-from service.payouts.models import Expert, Notification, PaymentTransfer
 from tests import probe_jobs
-from tests.helpers import ADMIN_TOKEN, APP_URL, CURRENT_KEY, NEXT_KEY
+from tests.helpers import (
+    ADMIN_TOKEN,
+    APP_URL,
+    CURRENT_KEY,
+    NEXT_KEY,
+    AppFactory,
+    reset_postgres,
+)
 
 SETTING_PREFIXES = (
     "APP_", "NEXT_PUBLIC_APP_URL", "QSTASH_", "DATABASE_URL", "ADMIN_API_TOKEN", "SERVICE_NAME",
@@ -62,15 +61,6 @@ def _scrub_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLASK_SKIP_DOTENV", "1")
 
 
-def reset_postgres(url: str) -> None:
-    """Drop and recreate the public schema of the test database."""
-    parsed = make_url(db.normalise_url(url))
-    conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-        conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
-        conn.execute("CREATE SCHEMA public")
-
-
 @pytest.fixture
 def database_url(tmp_path: Path) -> str:
     """A fresh, empty database: PostgreSQL when TEST_DATABASE_URL is set, else a SQLite file."""
@@ -95,10 +85,6 @@ def env(database_url: str) -> dict[str, str]:
         "APP_ENV": "development",
         "LOG_FORMAT": "json",
     }
-
-
-class AppFactory(Protocol):
-    def __call__(self, env: dict[str, str], *, migrate: bool = True) -> Flask: ...
 
 
 @pytest.fixture
@@ -184,55 +170,3 @@ def qstash_env(env: dict[str, str], local_qstash: tuple[LocalQStash, RunningServ
 # Payouts: ledger rows written straight to the database (the API has tests of its own).
 
 
-def add_expert(app: Flask, expert_id: str = "exp_1", **fields: object) -> str:
-    """Insert a payable expert (override any column by keyword); return its id."""
-    values: dict[str, object] = {
-        "email": f"{expert_id}@example.com", "first_name": "Ana", "country": "PT",
-        "stripe_account_id": "acct_1ExpertLocal", "payouts_enabled": True, **fields,
-    }
-    with extensions.get_sessions(app).begin() as session:
-        session.add(Expert(id=expert_id, **values))
-    return expert_id
-
-
-def add_transfer(app: Flask, *, expert_id: str = "exp_1", due: timedelta = -timedelta(hours=1),
-                 **fields: object) -> int:
-    """Insert a transfer scheduled `due` from now (negative: already due); return its id."""
-    now = utcnow()
-    values: dict[str, object] = {
-        "expert_id": expert_id, "payment_id": f"pi_{uuid.uuid4().hex[:16]}", "amount": 8500,
-        "platform_fee": 1500, "currency": "eur", "session_start_at": now - timedelta(days=9),
-        "session_end_at": now - timedelta(days=9) + timedelta(hours=1),
-        "paid_at": now - timedelta(days=10), "scheduled_transfer_at": now + due,
-        "status": "PENDING", "requires_approval": False, "attempts": 0, **fields,
-    }
-    with extensions.get_sessions(app).begin() as session:
-        row = PaymentTransfer(**values)
-        session.add(row)
-        session.flush()
-        return row.id
-
-
-def load_transfer(app: Flask, transfer_id: int) -> Any:
-    """Return the transfer row as it is in the database now."""
-    with extensions.get_sessions(app)() as session:
-        return session.get_one(PaymentTransfer, transfer_id)
-
-
-def row_count(app: Flask, model: type[Any]) -> int:
-    """Count the rows of a model's table."""
-    with extensions.get_sessions(app)() as session:
-        return int(session.scalar(select(func.count()).select_from(model)) or 0)
-
-
-def age_claims(app: Flask) -> None:
-    """Let time pass: every claim still held becomes stale, as after PAYOUT_STALE_AFTER."""
-    with extensions.get_sessions(app).begin() as session:
-        session.execute(update(PaymentTransfer).where(PaymentTransfer.status == "PROCESSING")
-                        .values(claimed_at=utcnow() - timedelta(hours=1)))
-
-
-def outbox_rows(app: Flask) -> list[Any]:
-    """Return every notification in the outbox, oldest first."""
-    with extensions.get_sessions(app)() as session:
-        return list(session.scalars(select(Notification).order_by(Notification.id)))

@@ -6,19 +6,27 @@ import json
 import logging
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import psycopg
 import requests
 from flask import Flask
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text, update
+from sqlalchemy.engine import make_url
 
 from devtools.gunicorn import free_port as free_port
+from service import db, extensions
+from service.db import utcnow
 from service.extensions import get_engine, get_sessions
 from service.models import JobRun
+from service.payouts.models import Expert, Notification, PaymentTransfer
 from service.qstash.signature import qstash_claims, sign_claims
 
+ROOT = Path(__file__).resolve().parent.parent  # the repository
 APP_URL = "https://jobs.example.test"
 RECEIVER_URL = APP_URL + "/api/qstash"
 # The public dev-server key pair (protocol §7): not secrets.
@@ -129,3 +137,70 @@ def service_log(stream: io.StringIO | None = None) -> io.StringIO:
     assert isinstance(handler, logging.StreamHandler)
     handler.setStream(stream)
     return stream
+
+
+def reset_postgres(url: str) -> None:
+    """Drop and recreate the public schema of the test database."""
+    parsed = make_url(db.normalise_url(url))
+    conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+
+
+class AppFactory(Protocol):
+    def __call__(self, env: dict[str, str], *, migrate: bool = True) -> Flask: ...
+
+
+def add_expert(app: Flask, expert_id: str = "exp_1", **fields: object) -> str:
+    """Insert a payable expert (override any column by keyword); return its id."""
+    values: dict[str, object] = {
+        "email": f"{expert_id}@example.com", "first_name": "Ana", "country": "PT",
+        "stripe_account_id": "acct_1ExpertLocal", "payouts_enabled": True, **fields,
+    }
+    with extensions.get_sessions(app).begin() as session:
+        session.add(Expert(id=expert_id, **values))
+    return expert_id
+
+
+def add_transfer(app: Flask, *, expert_id: str = "exp_1", due: timedelta = -timedelta(hours=1),
+                 **fields: object) -> int:
+    """Insert a transfer scheduled `due` from now (negative: already due); return its id."""
+    now = utcnow()
+    values: dict[str, object] = {
+        "expert_id": expert_id, "payment_id": f"pi_{uuid.uuid4().hex[:16]}", "amount": 8500,
+        "platform_fee": 1500, "currency": "eur", "session_start_at": now - timedelta(days=9),
+        "session_end_at": now - timedelta(days=9) + timedelta(hours=1),
+        "paid_at": now - timedelta(days=10), "scheduled_transfer_at": now + due,
+        "status": "PENDING", "requires_approval": False, "attempts": 0, **fields,
+    }
+    with extensions.get_sessions(app).begin() as session:
+        row = PaymentTransfer(**values)
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def load_transfer(app: Flask, transfer_id: int) -> Any:
+    """Return the transfer row as it is in the database now."""
+    with extensions.get_sessions(app)() as session:
+        return session.get_one(PaymentTransfer, transfer_id)
+
+
+def row_count(app: Flask, model: type[Any]) -> int:
+    """Count the rows of a model's table."""
+    with extensions.get_sessions(app)() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def age_claims(app: Flask) -> None:
+    """Let time pass: every claim still held becomes stale, as after PAYOUT_STALE_AFTER."""
+    with extensions.get_sessions(app).begin() as session:
+        session.execute(update(PaymentTransfer).where(PaymentTransfer.status == "PROCESSING")
+                        .values(claimed_at=utcnow() - timedelta(hours=1)))
+
+
+def outbox_rows(app: Flask) -> list[Any]:
+    """Return every notification in the outbox, oldest first."""
+    with extensions.get_sessions(app)() as session:
+        return list(session.scalars(select(Notification).order_by(Notification.id)))

@@ -4,7 +4,6 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,10 +11,9 @@ from playwright import sync_api
 
 from devtools import devstack
 from devtools.qstash_local import LocalQStash, LocalQStashConfig, serve
-from tests.console.conftest import add_dead_letter
-from tests.helpers import free_port
+from tests.console.helpers import add_dead_letter
+from tests.helpers import ROOT, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "tests" / "artifacts" / "console"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]

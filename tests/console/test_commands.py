@@ -4,7 +4,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from devtools.qstash_local import LocalQStash, RunningServer
-from tests.console.conftest import add_dead_letter
+from tests.console.helpers import add_dead_letter
 
 
 def test_sign_in_link_signs_in_once(app: Flask) -> None:

@@ -6,14 +6,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.helpers import free_port
+from tests.helpers import ROOT, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 LINK_RE = re.compile(r"sign in once, within 10 minutes: (http://\S+)")
 
 

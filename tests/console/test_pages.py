@@ -13,9 +13,16 @@ from service.console.access import FREE_FAILURES, SignInThrottle
 from service.db import utcnow
 from service.extensions import get_sessions
 from service.models import JobRun
-from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer
-from tests.console.conftest import add_dead_letter, csrf_of
-from tests.helpers import ADMIN_TOKEN, CURRENT_KEY, NEXT_KEY
+from tests.console.helpers import add_dead_letter, csrf_of
+from tests.helpers import (
+    ADMIN_TOKEN,
+    CURRENT_KEY,
+    NEXT_KEY,
+    AppFactory,
+    add_expert,
+    add_transfer,
+    load_transfer,
+)
 
 PAGES = ("/admin/", "/admin/runs", "/admin/payouts", "/admin/dead-letters", "/admin/schedules",
          "/admin/jobs/process-tasks")

@@ -6,7 +6,7 @@ import pytest
 
 from service.notifications import Channel, DeliveryError, LogChannel, Notice
 from service.notifications.channels import mask_email
-from tests.notifications.conftest import make_notice
+from tests.notifications.helpers import make_notice
 
 
 def test_logs_one_masked_line_per_notice(caplog: pytest.LogCaptureFixture) -> None:

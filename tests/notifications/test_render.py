@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from service.notifications import Notice, UnknownNoticeKind, render_notice
-from tests.notifications.conftest import PAYLOADS, make_notice
+from tests.notifications.helpers import PAYLOADS, make_notice
 
 KINDS = sorted(PAYLOADS)
 

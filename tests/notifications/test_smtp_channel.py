@@ -14,7 +14,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from service.notifications import Channel, DeliveryError, Notice, SmtpChannel, render_notice
 from service.notifications.channels import message_id_for
 from tests.helpers import free_port
-from tests.notifications.conftest import (
+from tests.notifications.helpers import (
     HOST,
     MAIL_FROM,
     RECIPIENT,

@@ -8,9 +8,7 @@ import pytest
 from devtools.stripe_local import StripeLocal, StripeLocalServer, serve
 from service.payouts.provider import TransferRequest
 from service.payouts.stripe_provider import StripePayoutProvider
-
-API_KEY = "sk_test_elevaPayoutsLocal4242"
-ACCOUNT = "acct_1ExpertLocal"
+from tests.payouts.helpers import ACCOUNT, API_KEY
 
 
 @pytest.fixture

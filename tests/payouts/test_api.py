@@ -12,8 +12,14 @@ from sqlalchemy import select
 
 from service.extensions import get_sessions
 from service.payouts.models import Expert, PaymentTransfer
-from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer, row_count
-from tests.helpers import ADMIN_TOKEN
+from tests.helpers import (
+    ADMIN_TOKEN,
+    AppFactory,
+    add_expert,
+    add_transfer,
+    load_transfer,
+    row_count,
+)
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 EXPERT = {"email": "ana@example.com", "first_name": "Ana", "country": "PT",

@@ -18,9 +18,9 @@ from devtools.stripe_local import StripeLocal, StripeLocalServer
 from service.db import utcnow
 from service.extensions import get_sessions
 from service.payouts.models import PaymentTransfer
-from tests.conftest import AppFactory, add_expert, age_claims, outbox_rows
+from tests.helpers import AppFactory, add_expert, age_claims, outbox_rows
 
-from .conftest import ACCOUNT
+from .helpers import ACCOUNT
 from .test_process_transfers import run, stripe_env
 
 pytestmark = pytest.mark.slow

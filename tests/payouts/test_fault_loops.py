@@ -15,7 +15,7 @@ from devtools.stripe_local import StripeLocal, StripeLocalServer
 from service.db import utcnow
 from service.extensions import get_sessions
 from service.payouts.models import PaymentTransfer
-from tests.conftest import AppFactory, age_claims
+from tests.helpers import AppFactory, age_claims
 
 from .test_exactly_once import (
     assert_paid_exactly_once,

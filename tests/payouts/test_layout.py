@@ -3,7 +3,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SERVICE = Path(__file__).resolve().parents[2] / "service"
+from tests.helpers import ROOT
+
+SERVICE = ROOT / "service"
 
 
 def imported_modules(path: Path) -> set[str]:

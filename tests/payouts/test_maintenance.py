@@ -16,10 +16,16 @@ from service.models import DeliveryToken, JobRun
 from service.payouts.models import Notification, PaymentTransfer
 from service.payouts.provider import PaymentState, TransferRequest
 from service.payouts.simulated import SimulatedPayoutProvider
-from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer, outbox_rows
-from tests.helpers import service_log
+from tests.helpers import (
+    AppFactory,
+    add_expert,
+    add_transfer,
+    load_transfer,
+    outbox_rows,
+    service_log,
+)
 
-from .conftest import ACCOUNT
+from .helpers import ACCOUNT
 from .test_process_transfers import run, stripe_env
 
 STALE = timedelta(minutes=25)  # older than PAYOUT_STALE_AFTER_SECONDS (20 minutes)

@@ -17,9 +17,17 @@ from service.notifications import DeliveryError, Notice
 from service.payouts import outbox
 from service.payouts.models import Notification
 from service.payouts.upcoming import queue_upcoming_notices
-from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer, outbox_rows
-from tests.helpers import ADMIN_TOKEN, free_port, refusing
-from tests.notifications.conftest import HOST, RecordingHandler
+from tests.helpers import (
+    ADMIN_TOKEN,
+    AppFactory,
+    add_expert,
+    add_transfer,
+    free_port,
+    load_transfer,
+    outbox_rows,
+    refusing,
+)
+from tests.notifications.helpers import HOST, RecordingHandler
 
 from .test_process_transfers import run
 

@@ -17,7 +17,7 @@ from service.payouts.claims import claim_query
 from service.payouts.simulated import SimulatedPayoutProvider
 from service.payouts.stripe_provider import StripePayoutProvider
 from service.settings import Settings
-from tests.conftest import AppFactory
+from tests.helpers import AppFactory
 
 
 def test_defaults() -> None:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from service.extensions import get_sessions
 from service.payouts.models import Expert, PaymentTransfer
-from tests.conftest import add_expert, add_transfer, load_transfer, row_count
+from tests.helpers import add_expert, add_transfer, load_transfer, row_count
 
 EXPERTS_CSV = """id,email,first_name,country,stripe_account_id,payouts_enabled
 exp_ana,ana@example.com,Ana,PT,acct_1Ana,true

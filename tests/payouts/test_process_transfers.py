@@ -22,17 +22,19 @@ from service.payouts.payrun import process_due_transfers
 from service.payouts.policy import PayoutPolicy
 from service.payouts.provider import TransferRequest, TransferResult
 from service.payouts.simulated import SimulatedPayoutProvider
-from tests.conftest import (
+from tests.helpers import (
+    ADMIN_TOKEN,
     AppFactory,
     add_expert,
     add_transfer,
     age_claims,
     load_transfer,
     outbox_rows,
+    refusing,
+    service_log,
 )
-from tests.helpers import ADMIN_TOKEN, refusing, service_log
 
-from .conftest import ACCOUNT, API_KEY
+from .helpers import ACCOUNT, API_KEY
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

@@ -19,7 +19,7 @@ from service.payouts.provider import (
 from service.payouts.stripe_provider import StripePayoutProvider
 from service.redaction import redact_secrets
 
-from .conftest import ACCOUNT, API_KEY
+from .helpers import ACCOUNT, API_KEY
 
 MakeProvider = Callable[..., StripePayoutProvider]
 MakeRequest = Callable[..., TransferRequest]

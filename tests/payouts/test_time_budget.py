@@ -11,8 +11,14 @@ from devtools.qstash_local import LocalQStash, RunningServer
 from service.extensions import get_jobs, services
 from service.payouts.continuation import publish_continuation
 from service.runs.jobs import JobContext
-from tests.conftest import AppFactory, add_expert, add_transfer, load_transfer
-from tests.helpers import APP_URL, delivery_headers
+from tests.helpers import (
+    APP_URL,
+    AppFactory,
+    add_expert,
+    add_transfer,
+    delivery_headers,
+    load_transfer,
+)
 
 JOB = "process-expert-transfers"
 SLOW = {"PAYOUT_SIMULATED_LATENCY_MS": "100", "PAYOUT_CONCURRENCY": "2"}

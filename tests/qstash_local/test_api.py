@@ -14,7 +14,7 @@ from devtools.qstash_local import (
     LocalQStash,
 )
 
-from .conftest import Stack, publish
+from .helpers import Stack, publish
 
 HOOK = "http://127.0.0.1:5000/api/qstash/hook"
 

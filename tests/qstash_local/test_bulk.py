@@ -7,7 +7,7 @@ import requests
 
 from devtools.qstash_local import DEV_TOKEN
 
-from .conftest import Receiver, Reply, Stack, publish
+from .helpers import Receiver, Reply, Stack, publish
 
 HOOK = "http://127.0.0.1:5000/api/qstash/hook"
 OTHER = "http://localhost:5001/other"

@@ -7,7 +7,7 @@ import requests
 
 from devtools.qstash_local import LocalQStash, LocalQStashConfig
 
-from .conftest import Receiver, Reply, Stack, publish
+from .helpers import Receiver, Reply, Stack, publish
 
 
 def test_due_deliveries_overlap(qs: Stack, receiver: Receiver) -> None:

@@ -22,7 +22,7 @@ from devtools.qstash_local import (
     LocalQStashConfig,
 )
 
-from .conftest import FakeClock, Receiver, Reply, Stack, publish
+from .helpers import FakeClock, Receiver, Reply, Stack, publish
 
 
 def ts(text: str) -> float:

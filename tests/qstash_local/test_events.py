@@ -7,7 +7,7 @@ from qstash.log import LogState
 
 from devtools.qstash_local import DEV_TOKEN
 
-from .conftest import Receiver, Reply, Stack, publish
+from .helpers import Receiver, Reply, Stack, publish
 
 
 def events(stack: Stack, query: str = "") -> dict[str, Any]:

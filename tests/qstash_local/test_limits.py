@@ -5,7 +5,7 @@ from qstash.errors import QStashError
 
 from devtools.qstash_local import LocalQStashConfig
 
-from .conftest import Stack, publish
+from .helpers import Stack, publish
 
 HOOK = "http://127.0.0.1:5000/api/qstash/hook"
 MB = 1024 * 1024

@@ -4,8 +4,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,11 +13,8 @@ from devtools.qstash_local import (
     DEV_NEXT_SIGNING_KEY,
     DEV_TOKEN,
 )
-from tests.qstash_local.conftest import Stack
-
-JS_DIR = Path(__file__).resolve().parents[2] / "js"
-
-JsCall = Callable[..., Any]
+from tests.qstash_local.helpers import Stack
+from tests.qstash_local.sdk.helpers import JS_DIR, JsCall
 
 
 @pytest.fixture
@@ -60,7 +55,3 @@ def js(qs: Stack) -> JsCall:
     return call
 
 
-def ok(answer: dict[str, Any]) -> Any:
-    """Return the result of a JavaScript SDK call that must have succeeded."""
-    assert answer["ok"], answer
-    return answer["result"]

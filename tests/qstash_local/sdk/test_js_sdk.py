@@ -6,8 +6,8 @@ from qstash import Receiver as PythonReceiver
 
 from devtools.qstash_local import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY
 
-from ..conftest import Receiver, Reply, Stack
-from .conftest import JsCall, ok
+from ..helpers import Receiver, Reply, Stack
+from .helpers import JsCall, ok
 
 MB = 1024 * 1024
 

@@ -17,8 +17,8 @@ from devtools.qstash_local import (
     serve,
 )
 
-from ..conftest import Receiver, Reply, Stack, publish
-from .conftest import JsCall, ok
+from ..helpers import Receiver, Reply, Stack, publish
+from .helpers import JsCall, ok
 
 MB = 1024 * 1024
 

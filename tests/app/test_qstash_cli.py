@@ -10,7 +10,7 @@ from qstash import QStash
 
 from devtools.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
 from service.extensions import get_qstash
-from tests.conftest import AppFactory
+from tests.helpers import AppFactory
 
 Local = tuple[LocalQStash, RunningServer]
 OWNED = "eleva-jobs.development."

@@ -5,7 +5,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, TextClause, bindparam, inspect, text
@@ -13,8 +12,8 @@ from sqlalchemy.exc import IntegrityError
 
 from service import db
 from service.db import utcnow
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 RUN = ("INSERT INTO job_runs (id, message_id, job, retried, attempts, trigger, status,"
        " started_at, expires_at) VALUES (:id, :id, :job, 0, 1, 'qstash', :status, :now, :until)")
 LEASE = ("INSERT INTO job_leases (job, holder, acquired_at, expires_at)"

@@ -7,8 +7,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from service.limits import MAX_HEADER_BYTES, MAX_HEADERS, MAX_URL_BYTES
-from tests.conftest import AppFactory
-from tests.helpers import ADMIN_TOKEN, APP_URL, delivery_headers, job_body
+from tests.helpers import ADMIN_TOKEN, APP_URL, AppFactory, delivery_headers, job_body
 
 
 @pytest.mark.parametrize("path", ["/api/qstash", "/api/cron/process-tasks", "/healthz"])

@@ -4,14 +4,11 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from devtools.devstack import job_names, pick_port
-from tests.helpers import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, free_port
 
 
 @pytest.mark.slow

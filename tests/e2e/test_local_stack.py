@@ -28,11 +28,9 @@ from devtools.qstash_local import (
 from service.extensions import get_sessions
 from service.qstash.signature import qstash_claims, sign_claims
 from service.runs.history import run_history
-from tests.conftest import AppFactory
-from tests.helpers import free_port
+from tests.helpers import ROOT, AppFactory, free_port
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 

@@ -14,10 +14,8 @@ from flask.cli import cli as flask_cli
 from service import create_app, db
 from service.errors import ConfigurationError
 from service.redaction import redact_url
-from tests.conftest import AppFactory
-from tests.helpers import ADMIN_TOKEN, service_log
+from tests.helpers import ADMIN_TOKEN, ROOT, AppFactory, service_log
 
-ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "S3cretPW-9f2c"
 # A bad DATABASE_URL stops start-up naming the variable, never quoting the URL.
 

@@ -17,10 +17,10 @@ from service.extensions import get_engine, get_jobs, get_sessions, get_settings
 from service.models import JobRun
 from service.runs.jobs import Delivery
 from service.runs.runner import run_job
-from tests.conftest import AppFactory
 from tests.helpers import (
     APP_URL,
     RECEIVER_URL,
+    AppFactory,
     delivery_headers,
     executions,
     job_body,

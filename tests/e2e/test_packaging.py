@@ -7,11 +7,11 @@ import subprocess
 import sys
 import zipfile
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 SHIPPED_PACKAGES = {"service", "blueprints", "cli"}
 # What the image needs besides the packages: metadata to install them, and the entry points.
 SHIPPED_FILES = {"pyproject.toml", "README.md", "wsgi.py", "gunicorn.conf.py",

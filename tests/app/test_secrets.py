@@ -10,8 +10,7 @@ from pytest_mock import MockerFixture
 
 from devtools.qstash_local import LocalQStash, LocalQStashConfig, serve
 from service.qstash.signature import body_hash, qstash_claims, sign_claims
-from tests.conftest import AppFactory
-from tests.helpers import APP_URL, RECEIVER_URL, delivery_headers, job_body, service_log
+from tests.helpers import APP_URL, RECEIVER_URL, AppFactory, delivery_headers, job_body, service_log
 
 pytestmark = pytest.mark.usefixtures("probes")
 

@@ -7,11 +7,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import AppFactory
 from tests.helpers import (
     ADMIN_TOKEN,
     CURRENT_KEY,
     NEXT_KEY,
+    AppFactory,
     delivery_headers,
     job_body,
     mint,

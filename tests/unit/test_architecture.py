@@ -4,7 +4,8 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 PACKAGES = ("service", "blueprints", "cli")
 # Declarations every layer builds on: no web framework, no database.
 PURE = ("service.runs.jobs", "service.qstash.protocol")

@@ -23,13 +23,13 @@ from tests.helpers import (
     ADMIN_TOKEN,
     APP_URL,
     CURRENT_KEY,
+    ROOT,
     delivery_headers,
     free_port,
     job_body,
     wait_until_live,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 

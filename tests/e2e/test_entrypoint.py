@@ -11,9 +11,8 @@ import pytest
 from qstash import QStash
 
 from devtools.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
-from tests.helpers import free_port, wait_until_live
+from tests.helpers import ROOT, free_port, wait_until_live
 
-ROOT = Path(__file__).resolve().parent.parent
 SERVED = [sys.executable, "-c", "print('server started')"]
 Local = tuple[LocalQStash, RunningServer]
 

@@ -9,7 +9,7 @@ from flask.testing import FlaskCliRunner
 from service import db
 from service.extensions import get_engine, get_sessions
 from service.runs.history import run_history
-from tests.conftest import AppFactory
+from tests.helpers import AppFactory
 
 
 def test_jobs_list_names_every_job(runner: FlaskCliRunner) -> None:

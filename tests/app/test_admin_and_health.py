@@ -9,8 +9,7 @@ from flask.testing import FlaskClient
 from service import db
 from service.extensions import get_sessions
 from service.runs.history import run_history
-from tests.conftest import AppFactory
-from tests.helpers import ADMIN_TOKEN, APP_URL, delivery_headers, job_body, mint
+from tests.helpers import ADMIN_TOKEN, APP_URL, AppFactory, delivery_headers, job_body, mint
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

@@ -11,8 +11,7 @@ from devtools import demo
 from devtools.qstash_local.cli import main as qstash_local_main
 from service.extensions import get_sessions
 from service.payouts.models import PaymentTransfer
-from tests.conftest import AppFactory, row_count
-from tests.helpers import ADMIN_TOKEN
+from tests.helpers import ADMIN_TOKEN, AppFactory, row_count
 
 
 def test_demo_seed_covers_every_state(app: Flask) -> None:

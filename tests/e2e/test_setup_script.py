@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 SCRIPT = ROOT / "scripts" / "setup-test-tools.sh"
 URL = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -16,8 +16,7 @@ from service import db
 from service.extensions import get_sessions
 from service.models import JobRun
 from service.qstash.api import QStashApi, QStashApiError
-from tests.conftest import AppFactory
-from tests.helpers import delivery_headers, job_body
+from tests.helpers import AppFactory, delivery_headers, job_body
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.usefixtures("probes")
