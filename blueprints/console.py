@@ -146,7 +146,8 @@ def _qstash_error(exc: QStashApiError) -> BaseResponse:
 
 
 def _title(status: int) -> str:
-    return {400: "Bad request", 404: "Not found", 409: "Conflict", 422: "Invalid input",
+    return {400: "Bad request", 404: "Not found", 409: "Conflict", 413: "Too large",
+            422: "Invalid input",
             502: "QStash failed", 503: "Unavailable"}.get(status, f"Error {status}")
 
 

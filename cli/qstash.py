@@ -6,7 +6,6 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from cli import dlq
 from service.extensions import get_config_report, get_jobs, get_qstash, get_settings
 from service.health import qstash_health
 from service.qstash.api import QStashApiError
@@ -19,8 +18,10 @@ from service.qstash.schedules import (
     schedule_prefix,
 )
 
+from .dlq import group as dlq_group
+
 group = AppGroup("qstash", help="Sync and inspect the QStash schedules of the jobs.")
-group.add_command(dlq.group)
+group.add_command(dlq_group)
 NOT_CONFIGURED = 3
 
 

@@ -9,6 +9,7 @@ from .errors import AppError
 MAX_URL_BYTES = 4096
 MAX_HEADER_BYTES = 8192
 MAX_HEADERS = 100
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def init_limits(app: Flask) -> None:
@@ -27,3 +28,8 @@ def init_limits(app: Flask) -> None:
                 f"at most {MAX_HEADERS} headers of at most {MAX_HEADER_BYTES} bytes each",
                 code="headers_too_large", status=431,
             )
+        if request.method in BODY_METHODS:
+            # Read the body, and so bound it (413 over MAX_BODY_BYTES), before any guard or
+            # view: every endpoint that takes a body refuses an oversized one, whether or not
+            # it would have read it. The views then read it from this cache.
+            request.get_data(cache=True)

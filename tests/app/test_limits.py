@@ -75,7 +75,10 @@ def test_a_chunked_body_over_the_limit_is_refused_on_every_endpoint_that_takes_o
                                input_stream=io.BytesIO(head + b"y" * over),
                                # What gunicorn says of a chunked body it terminates itself.
                                environ_overrides={"wsgi.input_terminated": True})
-        if over:
+        if over and rule.startswith("/admin/"):  # the console answers with its HTML pages
+            assert response.status_code == 413, rule
+            assert "Too large" in response.get_data(as_text=True), rule
+        elif over:
             assert response.status_code == 413, (rule, response.get_json())
             assert response.get_json()["error"] == "payload_too_large"
         else:

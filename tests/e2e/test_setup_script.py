@@ -11,6 +11,8 @@ from tests.helpers import ROOT
 
 SCRIPT = ROOT / "scripts" / "setup-test-tools.sh"
 URL = "postgresql://postgres@127.0.0.1:5432/test"
+# The commands the script makes sure of, each installed by the Debian package of the same name.
+TOOLS = ("wrk", "openssl", "chromium")
 
 
 class Machine:
@@ -61,7 +63,8 @@ def test_make_test_sets_up_before_anything_runs() -> None:
 
 def test_without_root_it_names_what_to_install_and_installs_nothing(machine: Machine) -> None:
     machine.fake("id", "echo 1000")
-    machine.fake("openssl")
+    for tool in TOOLS[1:]:
+        machine.fake(tool)
     done = machine.run()
     assert done.returncode == 1
     assert "sudo apt-get install wrk" in done.stderr
@@ -72,12 +75,12 @@ def test_as_root_with_apt_it_installs_the_missing_tools(machine: Machine) -> Non
     machine.fake("id", "echo 0")
     done = machine.run()
     assert done.returncode == 0, done.stderr
-    assert "apt-get install -y -qq wrk openssl" in machine.logged()
+    assert f"apt-get install -y -qq {' '.join(TOOLS)}" in machine.logged()
 
 
 def test_a_stopped_local_cluster_is_started(machine: Machine, tmp_path: Path) -> None:
     started = tmp_path / "started"
-    for tool in ("wrk", "openssl"):
+    for tool in TOOLS:
         machine.fake(tool)
     machine.fake("pg_isready", f'test -e "{started}"')
     machine.fake("pg_lsclusters",
@@ -90,7 +93,7 @@ def test_a_stopped_local_cluster_is_started(machine: Machine, tmp_path: Path) ->
 
 
 def test_an_unreachable_server_is_named_with_what_to_do(machine: Machine) -> None:
-    for tool in ("wrk", "openssl"):
+    for tool in TOOLS:
         machine.fake(tool)
     machine.fake("pg_isready", "exit 2")
     done = machine.run("postgresql://postgres@db.example:5433/test")

@@ -78,7 +78,10 @@ def test_ids_in_paths_are_ascii_digits_only(
         assert (other.status_code, other.get_json()["error"]) == (404, "not_found"), rule
         ascii_one = client.open(re.sub(r"<int:\w+>", "1", rule), method=method, json=body,
                                 headers=AUTH)
-        assert ascii_one.status_code == 200, rule
+        if rule.startswith("/api/"):
+            assert ascii_one.status_code == 200, rule
+        else:  # the console's route is reached: sign in first (GET), a form needs its CSRF token
+            assert ascii_one.status_code == (303 if method == "GET" else 400), rule
 
 
 def test_disabled_without_a_token(make_app: AppFactory, env: dict[str, str]) -> None:
