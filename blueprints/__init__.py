@@ -6,6 +6,7 @@ from . import (
     admin,
     check_upcoming_payouts,
     health,
+    metrics,
     payouts_api,
     process_expert_transfers,
     process_tasks,
@@ -14,6 +15,7 @@ from . import (
 
 BLUEPRINTS: tuple[Blueprint, ...] = (
     health.bp,
+    metrics.bp,
     qstash.bp,
     admin.bp,
     payouts_api.bp,

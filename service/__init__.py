@@ -15,7 +15,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     from blueprints import BLUEPRINTS
     from cli import init_app as init_cli
 
-    from . import extensions, jobs, limits, logs
+    from . import extensions, jobs, limits, logs, metrics
     from .errors import register_error_handlers
 
     app = Flask(__name__, instance_relative_config=True, static_folder=None)
@@ -27,6 +27,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     extensions.init_app(app, settings, jobs.registry(BLUEPRINTS))
     logs.log_config_report(extensions.get_config_report(app))
     logs.init_request_ids(app)
+    metrics.init_app(app)
     limits.init_limits(app)
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)

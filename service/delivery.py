@@ -9,6 +9,7 @@ from urllib.parse import unquote, urlsplit
 
 from flask import Response, current_app, request
 
+from . import metrics
 from .auth import bearer_token, is_admin, require_admin_enabled
 from .errors import NonRetryable, ServiceUnavailable, Unauthorized
 from .extensions import get_config_report, get_engine, get_jobs, get_settings
@@ -28,6 +29,7 @@ def public_url(path: str) -> str:
     return f"{get_settings().app_url}{path}"
 
 
+@metrics.timed_verification
 def verify_qstash_request(path: str) -> dict[str, Any]:
     """Check the Upstash-Signature of the current request for the given path; return claims."""
     report = get_config_report()
@@ -150,7 +152,7 @@ def dispatch(job: Job, trigger: Trigger, token_id: str | None = None) -> Respons
     """Run the job for the current request and answer with its outcome."""
     delivery = delivery_from_request(job, trigger, token_id)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    return run_job(app, get_engine(), job, delivery).response()
+    return metrics.delivered(run_job(app, get_engine(), job, delivery)).response()
 
 
 def handle_direct(job: Job) -> Response:

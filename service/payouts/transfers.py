@@ -24,6 +24,7 @@ from sqlalchemy import (
     update,
 )
 
+from service import metrics
 from service.db import rowcount, utcnow
 from service.settings import Settings
 
@@ -371,6 +372,7 @@ def record(
                                     "currency": row.currency,
                                     "sent_date": now.date().isoformat(),
                                     "reference": str(row.id)})
+            metrics.record_paid(row.currency, row.amount)
             return "paid", None
         message = str(error)[:MAX_ERROR_LENGTH]
         if error.retryable and error.replayed:
@@ -436,6 +438,7 @@ def process_due_transfers(
     than `concurrency` calls are queued, so the workers never wait for a claim; claiming stops
     `claim_reserve` seconds before `deadline` (time.monotonic()) and in-flight calls finish.
     """
+    provider = metrics.instrument_provider(provider)
     if claim_reserve is None:
         claim_reserve = min(CLAIM_RESERVE, 0.1 * max(deadline - time.monotonic(), 0.0))
     report = TransferRunReport()
@@ -537,6 +540,7 @@ def recover_stale(
     The provider is asked whether the transfer exists (by the row's metadata in its transfer
     group). Each write names the dead run's claim, so a row that moved on is left alone.
     """
+    provider = metrics.instrument_provider(provider)
     report = RecoveryReport()
     stale_before = clock() - policy.stale_after
     after: tuple[datetime, int] | None = None
@@ -624,6 +628,7 @@ def cancel_reversed_payments(
     A row an earlier claim tried to pay is cancelled only once the provider says that no
     transfer was made for it; one that was made is left for the next transfer run to record.
     """
+    provider = metrics.instrument_provider(provider)
     report = PaymentCheckReport()
     horizon = clock() + policy.payment_check_horizon
     after: tuple[datetime, int] | None = None
