@@ -425,16 +425,9 @@ class StateCollector(Collector):
         overdue = GaugeMetricFamily(
             "eleva_job_overdue", "1 when the job missed two firings (the health report's rule).",
             labels=["job"])
-        last = GaugeMetricFamily("eleva_job_last_success_timestamp_seconds",
-                                 "Start time of the job's last successful run.", labels=["job"])
-        from datetime import datetime
-
         for name, job in report["jobs"].items():
             overdue.add_metric([name], 1 if job["overdue"] else 0)
-            if job["last_success"]:
-                last.add_metric([name], datetime.fromisoformat(job["last_success"]).timestamp())
         yield overdue
-        yield last
 
     def _database(self) -> Iterator[Metric]:
         from sqlalchemy.exc import SQLAlchemyError
@@ -472,7 +465,14 @@ def _database_families(conn: Any, jobs: list[str], *, stale_after: int,
         "eleva_job_consecutive_failures",
         f"Executed runs that failed since the job's last success (at most {MAX_CONSECUTIVE}).",
         labels=["job"])
+    last = GaugeMetricFamily("eleva_job_last_success_timestamp_seconds",
+                             "Start time of the job's last successful run.", labels=["job"])
     for name in jobs:
+        success = conn.execute(
+            select(JobRun.started_at).where(JobRun.job == name, JobRun.status == "succeeded")
+            .order_by(JobRun.started_at.desc()).limit(1)).scalar()
+        if success is not None:
+            last.add_metric([name], success.timestamp())
         running.add_metric([name], conn.execute(
             select(func.count()).select_from(JobRun).where(
                 JobRun.job == name, JobRun.status == "running", JobRun.expires_at > now)
@@ -487,6 +487,7 @@ def _database_families(conn: Any, jobs: list[str], *, stale_after: int,
         failures.add_metric([name], streak)
     yield running
     yield failures
+    yield last
 
     T = PaymentTransfer
     transfers = GaugeMetricFamily("eleva_payouts_transfers",
