@@ -24,7 +24,7 @@ KILL_ROUNDS := 20
 endif
 
 .PHONY: install lint test test-sqlite test-postgres run serve demo migrate bench reliability \
-	reliability-tests reliability-load clean
+	reliability-tests reliability-load clean test-tools-promtool
 
 install: $(VENV)/.installed
 
@@ -40,11 +40,18 @@ lint: install
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/shellcheck docker-entrypoint.sh .ci/run
 
-test-sqlite: install
+test-sqlite: install test-tools-promtool
 	TEST_DATABASE_URL= $(PY) -m pytest
 
-test-postgres: install
+test-postgres: install test-tools-promtool
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest
+
+# promtool, for the alert rules' unit tests (tests/test_alerts.py): Debian's prometheus package
+# ships it. Installed with apt when run as root; otherwise the tests say what to install.
+test-tools-promtool:
+	@command -v promtool >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends prometheus; }
 
 test: lint test-sqlite test-postgres
 

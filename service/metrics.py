@@ -104,6 +104,15 @@ def _label(value: str | None, pattern: re.Pattern[str] = REASON_RE) -> str:
     return value if value is not None and pattern.fullmatch(value) else OTHER
 
 
+@functools.cache
+def _child(metric: Any, *labels: str) -> Any:
+    """Return the metric's child for these label values, looked up once: labels() is slow.
+
+    The cache is bounded because the label values are (see _label and the fixed sets).
+    """
+    return metric.labels(*labels)
+
+
 # --- Recording: one-line calls from the code being measured ---------------------------------
 
 
@@ -119,7 +128,7 @@ def timed_verification(verify: Callable[P, T]) -> Callable[P, T]:
             result = "accepted"
             return value
         finally:
-            VERIFICATION.labels(result).observe(time.perf_counter() - started)
+            _child(VERIFICATION, result).observe(time.perf_counter() - started)
 
     return wrapper
 
@@ -132,24 +141,24 @@ def delivered(outcome: RunOutcome) -> RunOutcome:
 
 def record_delivery(endpoint: str, outcome: str, reason: str = "") -> None:
     """Count one request to a delivery endpoint."""
-    DELIVERIES.labels(endpoint, outcome, reason).inc()
+    _child(DELIVERIES, endpoint, outcome, reason).inc()
 
 
 def observe_run(job: str, status: str, seconds: float | None) -> None:
     """Count a finished run; executed ones (seconds given) also go into the duration histogram."""
-    JOB_RUNS.labels(job, status).inc()
+    _child(JOB_RUNS, job, status).inc()
     if seconds is not None:
-        JOB_DURATION.labels(job).observe(seconds)
+        _child(JOB_DURATION, job).observe(seconds)
 
 
 def record_paid(currency: str, amount: int) -> None:
     """Add a completed transfer's amount (minor units) to the paid total of its currency."""
-    PAID.labels(_label(currency.lower(), CURRENCY_RE)).inc(amount)
+    _child(PAID, _label(currency.lower(), CURRENCY_RE)).inc(amount)
 
 
 def schedules_synced(source: str = "sync") -> None:
     """Note that the schedules match the code now."""
-    LAST_IN_SYNC.labels(source).set(time.time())
+    _child(LAST_IN_SYNC, source).set(time.time())
 
 
 def qstash_call(what: str, call: Callable[[], T]) -> T:
@@ -165,8 +174,8 @@ def qstash_call(what: str, call: Callable[[], T]) -> T:
         outcome = _qstash_outcome(exc)
         raise
     finally:
-        QSTASH_LATENCY.labels(operation).observe(time.perf_counter() - started)
-        QSTASH_CALLS.labels(operation, outcome).inc()
+        _child(QSTASH_LATENCY, operation).observe(time.perf_counter() - started)
+        _child(QSTASH_CALLS, operation, outcome).inc()
 
 
 def _qstash_outcome(exc: Exception) -> str:
@@ -209,11 +218,11 @@ class InstrumentedProvider:
         except Exception as exc:
             outcome = _provider_outcome(exc)
             if outcome == "rate_limited":
-                RATE_LIMIT_WAITS.labels(operation).inc()
+                _child(RATE_LIMIT_WAITS, operation).inc()
             raise
         finally:
-            PROVIDER_LATENCY.labels(operation).observe(time.perf_counter() - started)
-            PROVIDER_CALLS.labels(operation, outcome).inc()
+            _child(PROVIDER_LATENCY, operation).observe(time.perf_counter() - started)
+            _child(PROVIDER_CALLS, operation, outcome).inc()
 
     def create_transfer(self, request: TransferRequest) -> TransferResult:
         return self._call("create_transfer", lambda: self._provider.create_transfer(request))
@@ -266,7 +275,7 @@ class InstrumentedChannel:
             outcome = "retryable" if exc.retryable else "permanent"
             raise
         finally:
-            NOTICE_SENDS.labels(self.name if self.name in CHANNELS else OTHER,
+            _child(NOTICE_SENDS, self.name if self.name in CHANNELS else OTHER,
                                 notice.kind if notice.kind in NOTICE_KINDS else OTHER,
                                 outcome).inc()
 
@@ -323,13 +332,17 @@ def _error_outcome(status: int, code: str) -> tuple[str, str]:
 
 
 def check_multiprocess(directory: str) -> None:
-    """Refuse a multiprocess directory that is missing, or that prometheus-client ignores."""
+    """Create the multiprocess directory; refuse one that cannot be used, or is ignored."""
     from .errors import ConfigurationError
 
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError:
+        pass  # reported below
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
         raise ConfigurationError(
-            "PROMETHEUS_MULTIPROC_DIR is not a writable directory; create it (an empty "
-            "directory of its own, e.g. a tmpfs) or unset it for a single process"
+            "PROMETHEUS_MULTIPROC_DIR is not a writable directory; point it at a directory "
+            "of its own (e.g. on a tmpfs), or unset it for a single process"
         )
     # prometheus-client picks its value store when imported, from the process environment.
     if not getattr(values.ValueClass, "_multiprocess", False) or os.environ.get(

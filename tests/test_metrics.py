@@ -101,7 +101,8 @@ def test_deliveries_are_counted_by_endpoint_outcome_and_reason(metrics_app: Flas
     body = job_body("process-tasks")
     headers = delivery_headers(body, message_id="msg_metrics_1")
     assert client.post("/api/qstash", data=body, headers=headers).status_code == 200
-    assert client.post("/api/qstash", data=body, headers=headers).json["duplicate"] is True
+    again = client.post("/api/qstash", data=body, headers=headers).get_json()
+    assert again["duplicate"] is True
     forged = client.post("/api/qstash", data=body + b" ", headers=delivery_headers(body))
     assert forged.status_code == 401
     unknown = client.post("/api/qstash", data=body,
@@ -241,10 +242,11 @@ def test_the_metrics_token_is_a_secret() -> None:
     assert TOKEN not in settings.scrub(f"Authorization: Bearer {TOKEN}; token={TOKEN}")
 
 
-def test_a_multiprocess_directory_must_exist_and_be_in_the_environment(
+def test_a_multiprocess_directory_must_be_usable_and_in_the_environment(
         make_app: AppFactory, metrics_env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
     with pytest.raises(ConfigurationError, match="PROMETHEUS_MULTIPROC_DIR is not a writable"):
-        make_app({**metrics_env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")})
+        make_app({**metrics_env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "a-file")})
     # This process imported prometheus-client without it: its values live in memory.
     with pytest.raises(ConfigurationError, match="process environment"):
         make_app({**metrics_env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
