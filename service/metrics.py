@@ -293,6 +293,7 @@ def instrument_channel(channel: Channel) -> Channel:
 def init_app(app: Flask) -> None:
     """Count every request to a delivery endpoint once it is answered, whatever answered it."""
     from .extensions import get_settings
+    from .jobs import JOB_PATH_PREFIX, RECEIVER_PATH
 
     directory = get_settings(app).prometheus_multiproc_dir
     if directory is not None:
@@ -301,7 +302,8 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def count_delivery(response: Response) -> Response:
         rule = request.url_rule
-        if rule is None or not _is_delivery(rule.rule):
+        if rule is None or not (rule.rule == RECEIVER_PATH
+                                or rule.rule.startswith(JOB_PATH_PREFIX)):
             return response
         if response.status_code == 200:
             record_delivery(rule.rule, g.get("eleva_delivery_outcome", "succeeded"))
@@ -311,12 +313,6 @@ def init_app(app: Flask) -> None:
         outcome, reason = _error_outcome(response.status_code, _label(code))
         record_delivery(rule.rule, outcome, reason)
         return response
-
-
-def _is_delivery(rule: str) -> bool:
-    from .jobs import JOB_PATH_PREFIX, RECEIVER_PATH
-
-    return rule == RECEIVER_PATH or rule.startswith(JOB_PATH_PREFIX)
 
 
 def _error_outcome(status: int, code: str) -> tuple[str, str]:
