@@ -9,7 +9,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -419,14 +419,20 @@ class StateCollector(Collector):
         from .extensions import get_health_cache
         from .health import qstash_health
 
-        report = get_health_cache(self.app).get(lambda: qstash_health(self.app))
+        try:
+            report = get_health_cache(self.app).get(lambda: qstash_health(self.app))
+        except Exception:
+            # The rest of the scrape is still worth having; the report's gauges are left out.
+            log.exception("metrics: the health report failed")
+            return
         up = GaugeMetricFamily("eleva_qstash_up", "1 when the last check reached the QStash API.")
         up.add_metric([], 1 if report["qstash"]["reachable"] else 0)
         yield up
         in_sync = report["schedules"]["in_sync"]
         if in_sync is not None:
             if in_sync:
-                schedules_synced("check")
+                checked = datetime.fromisoformat(report["checked_at"]).timestamp()
+                _child(LAST_IN_SYNC, "check").set(checked)
             family = GaugeMetricFamily("eleva_schedules_in_sync",
                                        "1 when QStash's schedules match the jobs in code.")
             family.add_metric([], 1 if in_sync else 0)
