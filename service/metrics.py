@@ -398,7 +398,8 @@ def _locked(directory: str, mode: int) -> Iterator[None]:
 class StateCollector(Collector):
     """Gauges read at scrape time: build info, and state from the database and health report.
 
-    Every query is bounded: counts over partial indexes of live rows, or a LIMIT per job.
+    Every query is bounded: counts over partial indexes of live rows, a LIMIT per job, and
+    the outbox's pending and failed notices (a table that retention keeps small).
     """
 
     def __init__(self, app: Flask) -> None:
