@@ -50,9 +50,9 @@ VERIFICATION = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1))
 JOB_RUNS = Counter(
     "eleva_job_runs", "Job runs by final status (skipped: not run, the job was busy).",
-    ["job", "status"], registry=REGISTRY)
+    ["job_name", "status"], registry=REGISTRY)
 JOB_DURATION = Histogram(
-    "eleva_job_run_duration_seconds", "Duration of executed job runs.", ["job"],
+    "eleva_job_run_duration_seconds", "Duration of executed job runs.", ["job_name"],
     registry=REGISTRY, buckets=(0.05, 0.25, 1, 5, 15, 30, 60, 120, 300, 600, 1200))
 PROVIDER_CALLS = Counter(
     "eleva_payout_provider_calls", "Calls to the payout provider by operation and outcome.",
@@ -440,7 +440,7 @@ class StateCollector(Collector):
             yield family
         overdue = GaugeMetricFamily(
             "eleva_job_overdue", "1 when the job missed two firings (the health report's rule).",
-            labels=["job"])
+            labels=["job_name"])
         for name, job in report["jobs"].items():
             overdue.add_metric([name], 1 if job["overdue"] else 0)
         yield overdue
@@ -476,13 +476,13 @@ def _database_families(conn: Any, jobs: list[str], *, stale_after: int,
 
     now = utcnow()
     running = GaugeMetricFamily("eleva_job_runs_in_progress",
-                                "Runs holding their job's lease now (0 or 1).", labels=["job"])
+                                "Runs holding their job's lease now (0 or 1).", labels=["job_name"])
     failures = GaugeMetricFamily(
         "eleva_job_consecutive_failures",
         f"Executed runs that failed since the job's last success (at most {MAX_CONSECUTIVE}).",
-        labels=["job"])
+        labels=["job_name"])
     last = GaugeMetricFamily("eleva_job_last_success_timestamp_seconds",
-                             "Start time of the job's last successful run.", labels=["job"])
+                             "Start time of the job's last successful run.", labels=["job_name"])
     for name in jobs:
         success = conn.execute(
             select(JobRun.started_at).where(JobRun.job == name, JobRun.status == "succeeded")

@@ -35,7 +35,7 @@ ALLOWED: dict[str, Any] = {
                 "server_error", "unreachable"},
     "reason": re.compile(r"|[a-z][a-z0-9_]{0,39}"),
     "result": {"accepted", "rejected"},
-    "job": re.compile(JOB),
+    "job_name": re.compile(JOB),
     "status": {"succeeded", "failed", "skipped", "PENDING", "PROCESSING", "FAILED"},
     "operation": {"create_transfer", "find_transfer", "payment_state", "list_schedules",
                   "upsert_schedule", "delete_schedule", "publish", "other"},
@@ -142,7 +142,7 @@ def test_runs_are_counted_timed_and_read_back_from_the_ledger(metrics_app: Flask
     before, _ = scrape(client)
     assert client.post("/api/cron/process-tasks", headers=ADMIN).status_code == 200
     after, _ = scrape(client)
-    job = {"job": "process-tasks"}
+    job = {"job_name": "process-tasks"}
     assert (value(after, "eleva_job_runs_total", **job, status="succeeded")
             - value(before, "eleva_job_runs_total", **job, status="succeeded")) == 1
     assert (value(after, "eleva_job_run_duration_seconds_count", **job)
@@ -208,6 +208,8 @@ def test_labels_come_from_fixed_sets_and_no_secret_is_exported(
     for family in text_string_to_metric_families(text):
         assert family.name.startswith("eleva_"), family.name
         for sample in family.samples:
+            # Prometheus sets `job` itself (the scrape job); a job's name is `job_name`.
+            assert "job" not in sample.labels, sample
             for label, found in sample.labels.items():
                 allowed = ALLOWED[label]
                 ok = (allowed.fullmatch(found) if isinstance(allowed, re.Pattern)

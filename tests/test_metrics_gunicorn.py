@@ -152,7 +152,7 @@ def test_counts_add_up_across_workers_and_outlive_a_worker(server: Server) -> No
         assert answered(samples) == 34
         assert samples['eleva_delivery_verification_seconds_count{result="accepted"}'] == 34
         runs = sum(value for name, value in samples.items()
-                   if name.startswith('eleva_job_runs_total{job="process-tasks"'))
+                   if name.startswith('eleva_job_runs_total{job_name="process-tasks"'))
         assert runs == 34
 
     # Bounded on disk: the live workers' files and one archive per kind, nothing of the dead.
