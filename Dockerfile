@@ -14,7 +14,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     FLASK_APP=wsgi \
     PORT=8000 \
-    DATABASE_URL=sqlite:////app/data/eleva-jobs.sqlite3
+    DATABASE_URL=sqlite:////app/data/eleva-jobs.sqlite3 \
+    PROMETHEUS_MULTIPROC_DIR=/dev/shm/eleva-metrics
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /app app \
     && mkdir -p /app/data && chown 10001:10001 /app/data

@@ -7,6 +7,7 @@ from . import (
     check_upcoming_payouts,
     console,
     health,
+    metrics,
     payouts_api,
     process_expert_transfers,
     process_tasks,
@@ -15,6 +16,7 @@ from . import (
 
 BLUEPRINTS: tuple[Blueprint, ...] = (
     health.bp,
+    metrics.bp,
     qstash.bp,
     admin.bp,
     payouts_api.bp,

@@ -6,6 +6,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from service import metrics
 from service.extensions import get_config_report, get_jobs, get_qstash, get_settings
 from service.health import qstash_health
 from service.qstash.api import QStashApiError
@@ -62,6 +63,7 @@ def update(dry_run: bool, check: bool) -> None:
         apply_plan(api, plan)
     except QStashApiError as exc:
         raise click.ClickException(f"update stopped part-way: {exc}; run it again") from exc
+    metrics.schedules_synced()
     counts = {a: len(plan.of(a)) for a in ("create", "update", "delete", "unchanged")}
     click.echo("created {create}, updated {update}, deleted {delete}, unchanged {unchanged}"
                .format(**counts) + f"; {len(plan.foreign)} foreign schedule(s) left alone")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make this machine ready for `make test`, before anything runs: the system tools the tests use
 # (wrk drives gunicorn in the load smoke test, openssl mints the mail tests' certificates,
-# chromium is the browser the console's end-to-end test drives), and,
+# chromium is the browser the console's end-to-end test drives, promtool unit-tests the alert
+# rules), and,
 # given the PostgreSQL test URL, a running local PostgreSQL with that database.
 # As root with apt-get the tools are installed; otherwise the script says what to install.
 set -euo pipefail
@@ -10,7 +11,7 @@ database_url="${1:-}"
 
 missing=()
 # command:Debian package
-for pair in wrk:wrk openssl:openssl chromium:chromium; do
+for pair in wrk:wrk openssl:openssl chromium:chromium promtool:prometheus; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then

@@ -23,7 +23,7 @@ def create_app(
     from blueprints import BLUEPRINTS
     from cli import init_app as init_cli
 
-    from . import extensions, limits, logs, routing
+    from . import extensions, limits, logs, metrics, routing
     from .errors import register_error_handlers
     from .qstash.delivery import job_registry
     from .request_body import BoundedRequest
@@ -42,6 +42,7 @@ def create_app(
     extensions.init_app(app, settings, jobs)
     logs.log_config_report(extensions.get_config_report(app))
     logs.init_request_ids(app)
+    metrics.init_app(app)
     limits.init_limits(app)
     routing.init_routing(app)
     for bp in blueprints:

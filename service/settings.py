@@ -73,6 +73,10 @@ class Settings:
     # Daily maintenance: how long finished job runs and sent notifications are kept.
     retention_job_runs_days: int = 30
     retention_notifications_days: int = 90
+    # Monitoring: the bearer token Prometheus sends to GET /metrics (unset: the endpoint is
+    # off), and where gunicorn's worker processes share their metric values.
+    metrics_token: str | None = field(default=None, repr=False)
+    prometheus_multiproc_dir: str | None = None
 
     def __repr__(self) -> str:
         shown = []
@@ -89,7 +93,7 @@ class Settings:
     def _scrubber(self) -> Scrubber:
         return Scrubber.of(
             (self.qstash_token, self.qstash_current_signing_key, self.qstash_next_signing_key,
-             self.admin_api_token, self.stripe_secret_key),
+             self.admin_api_token, self.stripe_secret_key, self.metrics_token),
             urls=(self.database_url, self.smtp_url),
         )
 
@@ -239,6 +243,8 @@ class Settings:
             notifier_max_per_run=integer("NOTIFIER_MAX_PER_RUN", 500, minimum=1),
             retention_job_runs_days=integer("RETENTION_JOB_RUNS_DAYS", 30, minimum=1),
             retention_notifications_days=integer("RETENTION_NOTIFICATIONS_DAYS", 90, minimum=1),
+            metrics_token=text("METRICS_TOKEN"),
+            prometheus_multiproc_dir=text("PROMETHEUS_MULTIPROC_DIR"),
         )
 
 

@@ -9,6 +9,7 @@ from functools import partial
 
 from sqlalchemy import Engine, bindparam, select, update
 
+from service import metrics
 from service.db import rowcount, utcnow
 
 from . import outbox
@@ -57,6 +58,7 @@ def recover_stale(
     The provider is asked whether the transfer exists (by the row's metadata in its transfer
     group). Each write names the dead run's claim, so a row that moved on is left alone.
     """
+    provider = metrics.instrument_provider(provider)
     report = RecoveryReport()
     stale_before = clock() - policy.stale_after
     after: tuple[datetime, int] | None = None
@@ -145,6 +147,7 @@ def cancel_reversed_payments(
     A row an earlier claim tried to pay is cancelled only once the provider says that no
     transfer was made for it; one that was made is left for the next transfer run to record.
     """
+    provider = metrics.instrument_provider(provider)
     report = PaymentCheckReport()
     horizon = clock() + policy.payment_check_horizon
     after: tuple[datetime, int] | None = None

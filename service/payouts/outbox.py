@@ -10,6 +10,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
 
+from service import metrics
 from service.db import rowcount, utcnow
 from service.notifications import Channel, DeliveryError, Notice
 
@@ -131,6 +132,7 @@ def deliver_pending(
     Each item is tried at most once per call: only items due when it started are claimed, so a
     long run against a failing server cannot use up an item's attempts within minutes.
     """
+    channel = metrics.instrument_channel(channel)
     report = DeliveryReport()
     started = clock()
     with WorkerPool(concurrency, name="notify") as pool:

@@ -11,6 +11,7 @@ from typing import Any, Final, Literal
 
 from sqlalchemy import Connection, Engine, bindparam
 
+from service import metrics
 from service.db import rowcount, utcnow
 
 from . import outbox
@@ -209,6 +210,7 @@ def record(
                                     "currency": row.currency,
                                     "sent_date": now.date().isoformat(),
                                     "reference": str(row.id)})
+            metrics.record_paid(row.currency, row.amount)
             return "paid", None
         message = str(error)[:MAX_ERROR_LENGTH]
         if error.retryable and error.replayed:
@@ -268,6 +270,7 @@ def process_due_transfers(
     than `concurrency` calls are queued, so the workers never wait for a claim; claiming stops
     `claim_reserve` seconds before `deadline` (time.monotonic()) and in-flight calls finish.
     """
+    provider = metrics.instrument_provider(provider)
     if claim_reserve is None:
         claim_reserve = min(CLAIM_RESERVE, 0.1 * max(deadline - time.monotonic(), 0.0))
     report = TransferRunReport()

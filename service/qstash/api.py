@@ -10,6 +10,7 @@ import httpx
 from qstash import QStash
 from qstash.errors import QStashError, RateLimitExceededError
 
+from .. import metrics
 from ..redaction import redact_url
 from .messages import CONTENT_TYPE, JobMessage
 from .schedules import DesiredSchedule, RemoteSchedule, remote_from_sdk
@@ -107,7 +108,7 @@ class QStashApi:
         started = self.clock()
         for attempt in range(1, self.attempts + 1):
             try:
-                return fn()
+                return metrics.qstash_call(what, fn)
             except RateLimitExceededError as exc:
                 wait = self._until_reset(exc.reset)
                 failure = QStashApiError(f"{what}: QStash rate limit", code="rate_limited",

@@ -9,6 +9,7 @@ from urllib.parse import unquote, urlsplit
 
 from flask import Blueprint, Response, jsonify, request
 
+from .. import metrics
 from ..auth import bearer_token, is_admin, require_admin_enabled
 from ..errors import NonRetryable, ServiceUnavailable, Unauthorized
 from ..extensions import get_config_report, get_engine, get_jobs, get_settings
@@ -30,6 +31,7 @@ def public_url(path: str) -> str:
     return f"{get_settings().app_url}{path}"
 
 
+@metrics.timed_verification
 def verify_qstash_request(path: str) -> dict[str, Any]:
     """Check the Upstash-Signature of the current request for the given path; return claims."""
     report = get_config_report()
@@ -151,7 +153,8 @@ def parse_payload(raw: bytes) -> Mapping[str, Any]:
 def dispatch(job: Job, trigger: Trigger, token_id: str | None = None) -> Response:
     """Run the job for the current request and answer with its outcome."""
     delivery = delivery_from_request(job, trigger, token_id)
-    return response(run_job(get_engine(), job, delivery, scrub=get_settings().scrub))
+    return response(metrics.delivered(
+        run_job(get_engine(), job, delivery, scrub=get_settings().scrub)))
 
 
 def response(outcome: RunOutcome) -> Response:

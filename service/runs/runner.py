@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.types import TypeEngine
 
+from .. import metrics
 from ..db import autocommit, rowcount, run_statement, utcnow
 from ..errors import AppError, NonRetryable, ServiceUnavailable, Unauthorized
 from ..logs import log_context
@@ -204,6 +205,7 @@ def _start(conn: Connection, job: Job, delivery: Delivery) -> tuple[str, int] | 
 
 def _blocked(job: Job, run_id: str) -> RunOutcome:
     """Answer a run recorded as not run because the job's running run holds the job."""
+    metrics.observe_run(job.name, "skipped", None)
     if job.overlap == "skip":
         return RunOutcome(job=job.name, run_id=run_id, status="skipped", duplicate=False,
                           result=None, reason=_busy(job))
@@ -375,6 +377,7 @@ def _finish(
     params = {"run_id": run_id, "attempts": attempts, "status": status,
               "result": sql.json(result), "error": error, "now": sql.instant(utcnow()),
               "duration_ms": int((time.monotonic() - started) * 1000)}
+    metrics.observe_run(job.name, status, time.monotonic() - started)
     try:
         written = run_statement(conn, sql.finish_run, params)[1]
     except DBAPIError as exc:

@@ -19,6 +19,7 @@ SECRETS = {
     "QSTASH_TOKEN": "qst-Hh7gF6dD5sA4pO3iU2yT1r",
     "QSTASH_CURRENT_SIGNING_KEY": "sig_CurrentSecretCurrentSecret01",
     "QSTASH_NEXT_SIGNING_KEY": "sig_NextSecretNextSecretNextSe02",
+    "METRICS_TOKEN": "met-Pp9oO8iI7uU6yY5tT4rR3e",
 }
 
 
@@ -59,7 +60,10 @@ def test_no_secret_reaches_a_log_line_or_a_response(
     post({**good, "Authorization": "Bearer " + SECRETS["ADMIN_API_TOKEN"][:-1]},
          path="/api/cron/probe")
     post(admin, path="/api/cron/process-tasks")
-    for path in ("/api/admin/job-runs", "/api/admin/qstash-health", "/readyz", "/nope"):
+    scrape = {"Authorization": f"Bearer {SECRETS['METRICS_TOKEN']}"}
+    seen.append(client.get("/metrics", headers=scrape).get_data(as_text=True))
+    for path in ("/api/admin/job-runs", "/api/admin/qstash-health", "/readyz", "/nope",
+                 "/metrics"):
         seen.append(client.get(path, headers=admin).get_data(as_text=True))
         seen.append(client.get(path, headers={"Authorization": "Bearer wrong"})
                     .get_data(as_text=True))
@@ -113,6 +117,9 @@ def test_secret_comparisons_are_constant_time(
     client = app.test_client()
     client.get("/api/admin/job-runs", headers={"Authorization": "Bearer guess"})
     assert (b"guess", SECRETS["ADMIN_API_TOKEN"].encode()) in [c.args for c in spy.call_args_list]
+    spy.reset_mock()
+    client.get("/metrics", headers={"Authorization": "Bearer guess"})
+    assert (b"guess", SECRETS["METRICS_TOKEN"].encode()) in [c.args for c in spy.call_args_list]
     spy.reset_mock()
     body = job_body("probe")
     client.post("/api/qstash", data=body, headers=delivery_headers(

@@ -11,8 +11,9 @@ from tests.helpers import ROOT
 
 SCRIPT = ROOT / "scripts" / "setup-test-tools.sh"
 URL = "postgresql://postgres@127.0.0.1:5432/test"
-# The commands the script makes sure of, each installed by the Debian package of the same name.
-TOOLS = ("wrk", "openssl", "chromium")
+# The commands the script makes sure of, and the Debian package of each.
+PACKAGES = {"wrk": "wrk", "openssl": "openssl", "chromium": "chromium", "promtool": "prometheus"}
+TOOLS = tuple(PACKAGES)
 
 
 class Machine:
@@ -75,7 +76,7 @@ def test_as_root_with_apt_it_installs_the_missing_tools(machine: Machine) -> Non
     machine.fake("id", "echo 0")
     done = machine.run()
     assert done.returncode == 0, done.stderr
-    assert f"apt-get install -y -qq {' '.join(TOOLS)}" in machine.logged()
+    assert f"apt-get install -y -qq {' '.join(PACKAGES.values())}" in machine.logged()
 
 
 def test_a_stopped_local_cluster_is_started(machine: Machine, tmp_path: Path) -> None:
