@@ -28,13 +28,13 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 
-# Prometheus multiprocess mode (service/metrics.py): every worker writes its metric values to
+# Prometheus multiprocess mode (service/metrics/): every worker writes its metric values to
 # files in PROMETHEUS_MULTIPROC_DIR, and a scrape served by any worker sums them.
 def on_starting(server):
     """Empty the metrics directory: values of an earlier server run must not be summed."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
-        from service.metrics import reset_directory
+        from service.metrics.files import reset_directory
 
         reset_directory(directory)
 
@@ -43,6 +43,6 @@ def child_exit(server, worker):
     """Fold a dead worker's metric files into the archive, so its counts outlive it."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
-        from service.metrics import worker_exited
+        from service.metrics.files import worker_exited
 
         worker_exited(worker.pid, directory)

@@ -4,10 +4,10 @@ import hmac
 
 from flask import Blueprint, Response, current_app
 
-from service import metrics
 from service.auth import bearer_token
 from service.errors import AppError, Unauthorized
 from service.extensions import get_settings
+from service.metrics.scrape import CONTENT_TYPE, render
 
 bp = Blueprint("metrics", __name__)
 
@@ -24,4 +24,4 @@ def scrape() -> Response:
     if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
         raise Unauthorized("send Authorization: Bearer <METRICS_TOKEN>")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    return Response(metrics.render(app), content_type=metrics.CONTENT_TYPE)
+    return Response(render(app), content_type=CONTENT_TYPE)

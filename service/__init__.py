@@ -23,8 +23,9 @@ def create_app(
     from blueprints import BLUEPRINTS
     from cli import init_app as init_cli
 
-    from . import extensions, limits, logs, metrics, routing
+    from . import extensions, limits, logs, routing
     from .errors import register_error_handlers
+    from .metrics import scrape as metrics
     from .qstash.delivery import job_registry
     from .request_body import BoundedRequest
     from .settings import validate_job_settings
