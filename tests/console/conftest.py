@@ -16,7 +16,7 @@ def _no_pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Record the pauses after failed sign-ins instead of waiting through them."""
     waits: list[float] = []
     monkeypatch.setattr("service.console.access.pause", waits.append)
-    monkeypatch.setattr("blueprints.console.throttle.failed",
+    monkeypatch.setattr("blueprints.console.auth.throttle.failed",
                         lambda address: 0.5)
     return waits
 

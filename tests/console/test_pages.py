@@ -102,7 +102,7 @@ def test_wrong_token_is_refused_logged_and_slowed(client: FlaskClient,
 
 def test_repeated_failures_lock_the_address_out(client: FlaskClient,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("blueprints.console.throttle", SignInThrottle())
+    monkeypatch.setattr("blueprints.console.auth.throttle", SignInThrottle())
     for _ in range(FREE_FAILURES):
         answer = client.post("/admin/sign-in", data={"token": "guess",
                                                      "csrf_token": csrf_of(client)})
