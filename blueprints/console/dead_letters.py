@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 from flask import abort, flash, redirect, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
@@ -8,9 +10,11 @@ from werkzeug.wrappers import Response as BaseResponse
 from blueprints.console.base import bp, clean, log, remember, render_page
 from service.errors import ConfigurationError
 from service.extensions import get_jobs, get_qstash, get_settings
-from service.qstash.api import QStashApiError
+from service.qstash.api import QStashApi, QStashApiError
 from service.qstash.dlq import delete_dead_letters, list_dead_letters, retry_dead_letters
 from service.qstash.protocol import RECEIVER_PATH
+
+T = TypeVar("T")
 
 
 def _destination() -> str:
@@ -42,13 +46,19 @@ def _chosen_letters() -> list[str]:
     return [dlq_id]
 
 
+def _on_chosen_letters(action: Callable[[QStashApi, list[str]], T]) -> T:
+    """Apply action to the chosen dead letters; a single one QStash does not know is a 404."""
+    ids = _chosen_letters()
+    done = action(get_qstash(), ids)
+    if len(ids) == 1 and not done and request.form.get("all") != "1":
+        abort(404, f"no dead letter {ids[0]}")
+    return done
+
+
 @bp.post("/dead-letters/retry")
 def retry_letters() -> BaseResponse:
     """Publish dead letters again through QStash, as `flask qstash dlq retry` does."""
-    ids = _chosen_letters()
-    message_ids = retry_dead_letters(get_qstash(), ids)
-    if len(ids) == 1 and not message_ids and request.form.get("all") != "1":
-        abort(404, f"no dead letter {ids[0]}")
+    message_ids = _on_chosen_letters(retry_dead_letters)
     remember(*message_ids)
     log.info("console retried dead letters", extra={"event": {"count": len(message_ids)}})
     flash(f"Retried {len(message_ids)} dead letter(s).")
@@ -60,10 +70,7 @@ def retry_letters() -> BaseResponse:
 @bp.post("/dead-letters/delete")
 def delete_letters() -> BaseResponse:
     """Remove dead letters from QStash's DLQ, as `flask qstash dlq delete` does."""
-    ids = _chosen_letters()
-    deleted = delete_dead_letters(get_qstash(), ids)
-    if len(ids) == 1 and not deleted and request.form.get("all") != "1":
-        abort(404, f"no dead letter {ids[0]}")
+    deleted = _on_chosen_letters(delete_dead_letters)
     log.info("console deleted dead letters", extra={"event": {"count": deleted}})
     flash(f"Deleted {deleted} dead letter(s).")
     return redirect(url_for("console.dead_letters"), code=303)

@@ -10,6 +10,18 @@ from qstash.schedule import ScheduleState
 from .helpers import Receiver, Reply, Stack, fire_next_slot, publish
 
 
+def failed_attempt_delays(qs: Stack, message_id: str, attempts: int) -> list[float]:
+    """Fail the message's next attempts one by one; return the wait scheduled after each."""
+    delays = []
+    for _ in range(attempts):
+        before = qs.clock()
+        assert qs.local.tick() == 1
+        message = qs.local.messages[message_id]
+        delays.append(message.next_attempt_at - before)
+        qs.clock.set(message.next_attempt_at)
+    return delays
+
+
 def test_failure_is_retried_with_backoff_and_retried_header(qs: Stack, receiver: Receiver) -> None:
     receiver.reply(Reply(status=500, body=b"down"))
     published = publish(qs.client, url=receiver.hook, body="payload")
@@ -41,14 +53,7 @@ def test_failure_is_retried_with_backoff_and_retried_header(qs: Stack, receiver:
 def test_retries_follow_documented_backoff_then_land_in_dlq(qs: Stack, receiver: Receiver) -> None:
     receiver.reply(*[Reply(status=503, body=b"unavailable")] * 4)
     published = publish(qs.client, url=receiver.hook, body="x", retries=3)
-    delays = []
-
-    for _ in range(3):
-        before = qs.clock()
-        assert qs.local.tick() == 1
-        message = qs.local.messages[published.message_id]
-        delays.append(message.next_attempt_at - before)
-        qs.clock.set(message.next_attempt_at)
+    delays = failed_attempt_delays(qs, published.message_id, 3)
     assert qs.local.tick() == 1
     qs.clock.advance(86400 * 2)
     after_dlq = qs.local.tick()
@@ -75,14 +80,7 @@ def test_retries_follow_documented_backoff_then_land_in_dlq(qs: Stack, receiver:
 def test_backoff_caps_at_one_day(qs: Stack, receiver: Receiver) -> None:
     receiver.reply(*[Reply(status=500)] * 6)
     published = publish(qs.client, url=receiver.hook, body="x", retries=6)
-    delays = []
-
-    for _ in range(6):
-        before = qs.clock()
-        qs.local.tick()
-        message = qs.local.messages[published.message_id]
-        delays.append(message.next_attempt_at - before)
-        qs.clock.set(message.next_attempt_at)
+    delays = failed_attempt_delays(qs, published.message_id, 6)
 
     assert delays[4:] == [86400.0, 86400.0]
 
@@ -120,14 +118,7 @@ def test_retry_after_header_replaces_backoff(make_stack, receiver: Receiver) -> 
 def test_retry_delay_expression_is_used_in_milliseconds(qs: Stack, receiver: Receiver) -> None:
     receiver.reply(Reply(status=500), Reply(status=500))
     published = publish(qs.client, url=receiver.hook, body="x", retry_delay="1000 * (1 + retried)")
-    delays = []
-
-    for _ in range(2):
-        before = qs.clock()
-        qs.local.tick()
-        message = qs.local.messages[published.message_id]
-        delays.append(message.next_attempt_at - before)
-        qs.clock.set(message.next_attempt_at)
+    delays = failed_attempt_delays(qs, published.message_id, 2)
 
     assert delays == pytest.approx([1.0, 2.0])
     assert qs.client.message.get(published.message_id).retry_delay_expression == (
