@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
 from alembic.util.exc import CommandError
 from flask.cli import AppGroup
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import db
@@ -29,24 +30,26 @@ def _migration_errors() -> Iterator[None]:
         ) from exc
 
 
+def _migrate(step: Callable[[Engine, str], None], revision: str) -> None:
+    """Run a migration step to revision and print the revision the database is at."""
+    engine = get_engine()
+    with _migration_errors():
+        step(engine, revision)
+    click.echo(f"database at revision {db.current_revision(engine) or 'base'}")
+
+
 @group.command("upgrade")
 @click.argument("revision", default="head")
 def upgrade(revision: str) -> None:
     """Apply the database migrations (to the latest by default)."""
-    engine = get_engine()
-    with _migration_errors():
-        db.upgrade(engine, revision)
-    click.echo(f"database at revision {db.current_revision(engine)}")
+    _migrate(db.upgrade, revision)
 
 
 @group.command("downgrade")
 @click.argument("revision")
 def downgrade(revision: str) -> None:
     """Revert the database migrations down to REVISION ('base' removes every table)."""
-    engine = get_engine()
-    with _migration_errors():
-        db.downgrade(engine, revision)
-    click.echo(f"database at revision {db.current_revision(engine) or 'base'}")
+    _migrate(db.downgrade, revision)
 
 
 @group.command("current")

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import click
 from flask.cli import AppGroup
 
 from service.extensions import get_config_report, get_qstash, get_settings
-from service.qstash.api import QStashApiError
+from service.qstash.api import QStashApi, QStashApiError
 from service.qstash.dlq import delete_dead_letters, list_dead_letters, retry_dead_letters
 from service.qstash.protocol import RECEIVER_PATH
+
+T = TypeVar("T")
 
 group = AppGroup("dlq", help="List, retry and delete this service's dead letters in QStash.")
 
@@ -32,6 +37,17 @@ def _ids(dlq_ids: tuple[str, ...], every: bool) -> list[str]:
     return list(dlq_ids)
 
 
+def _apply(action: Callable[[QStashApi, list[str]], T], dlq_ids: tuple[str, ...],
+           every: bool) -> tuple[list[str], T]:
+    """Apply action to the named (or all) dead letters; return the ids and what it returned."""
+    _require_config()
+    try:
+        ids = _ids(dlq_ids, every)
+        return ids, action(get_qstash(), ids)
+    except QStashApiError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @group.command("list")
 def list_letters() -> None:
     """List the dead letters of this service, newest first, with the answer it gave."""
@@ -53,12 +69,7 @@ def list_letters() -> None:
 @click.option("--all", "every", is_flag=True, help="Retry every dead letter of this service.")
 def retry(dlq_ids: tuple[str, ...], every: bool) -> None:
     """Publish dead letters again through QStash; print the new message ids."""
-    _require_config()
-    try:
-        ids = _ids(dlq_ids, every)
-        message_ids = retry_dead_letters(get_qstash(), ids)
-    except QStashApiError as exc:
-        raise click.ClickException(str(exc)) from exc
+    ids, message_ids = _apply(retry_dead_letters, dlq_ids, every)
     for message_id in message_ids:
         click.echo(message_id)
     click.echo(f"retried {len(message_ids)} of {len(ids)} dead letter(s)", err=True)
@@ -69,10 +80,5 @@ def retry(dlq_ids: tuple[str, ...], every: bool) -> None:
 @click.option("--all", "every", is_flag=True, help="Delete every dead letter of this service.")
 def delete(dlq_ids: tuple[str, ...], every: bool) -> None:
     """Remove dead letters from QStash's DLQ without delivering them."""
-    _require_config()
-    try:
-        ids = _ids(dlq_ids, every)
-        deleted = delete_dead_letters(get_qstash(), ids)
-    except QStashApiError as exc:
-        raise click.ClickException(str(exc)) from exc
+    ids, deleted = _apply(delete_dead_letters, dlq_ids, every)
     click.echo(f"deleted {deleted} of {len(ids)} dead letter(s)")

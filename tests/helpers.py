@@ -15,8 +15,10 @@ from typing import Any, Protocol
 import psycopg
 import requests
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import make_url
+from werkzeug.test import TestResponse
 
 from devtools.gunicorn import free_port as free_port
 from service import db, extensions
@@ -69,6 +71,32 @@ def delivery_headers(
 
 def job_body(name: str, **extra: Any) -> bytes:
     return json.dumps({"job": name, **extra}, separators=(",", ":")).encode()
+
+
+def deliver(client: FlaskClient, body: bytes, **options: Any) -> TestResponse:
+    """Post a signed delivery of body to the receiver; the target defaults to the probe job."""
+    options.setdefault("target", "/api/cron/probe")
+    return client.post("/api/qstash", data=body, headers=delivery_headers(body, **options))
+
+
+def probe_body(marker: Path, **payload: object) -> bytes:
+    """Return the body of a probe job delivery that marks its runs in marker."""
+    return job_body("probe", marker=str(marker), **payload)
+
+
+def hold_job(app: Flask, job: str, *, expires_in: timedelta, run_id: str = "someone-else") -> None:
+    """Leave a running run of the job, as another worker running it would."""
+    now = utcnow()
+    with get_sessions(app).begin() as session:
+        session.add(JobRun(id=run_id, message_id=f"msg_{run_id}", job=job, retried=0,
+                           attempts=1, trigger="qstash", status="running", started_at=now,
+                           expires_at=now + expires_in))
+
+
+def finish(app: Flask, run_id: str) -> None:
+    """Mark a held run as succeeded, as its worker would on finishing."""
+    with get_sessions(app).begin() as session:
+        session.get_one(JobRun, run_id).status = "succeeded"
 
 
 def wait_until_live(url: str, process: subprocess.Popen[bytes], log: Path | None = None,

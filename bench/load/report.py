@@ -5,7 +5,6 @@ import platform
 import sqlite3
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -13,25 +12,13 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from bench.load.phases import Plan
+from bench.load.phases import Check, Plan
 from service import db
 
 # Targets of issue 6.
 MIN_THROUGHPUT_RATIO = 0.5
 MAX_P99_MS = 50.0
 MAX_RSS_GROWTH_MB = 5.0  # "no growth beyond a few MB" per worker
-
-
-@dataclass(frozen=True, kw_only=True)
-class Check:
-    name: str
-    passed: bool
-    detail: str
-    enforced: bool  # a failed enforced check fails the run
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "detail": self.detail,
-                "enforced": self.enforced}
 
 
 def checks_for(result: Mapping[str, Any], plan: Plan) -> list[Check]:

@@ -1,20 +1,8 @@
 from __future__ import annotations
 
-from .config import (
-    DEV_CURRENT_SIGNING_KEY,
-    DEV_NEXT_SIGNING_KEY,
-    DEV_TOKEN,
-    LocalQStashConfig,
-)
+from .config import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN, LocalQStashConfig
 from .core import ApiFailure, LocalQStash
-from .models import (
-    DeliveryAttempt,
-    DlqEntry,
-    Message,
-    PublishResult,
-    Schedule,
-    ScheduleState,
-)
+from .models import DeliveryAttempt, DlqEntry, Message, PublishResult, Schedule, ScheduleState
 from .parsing import ApiError
 from .server import RunningServer, serve, serve_wsgi
 

@@ -37,6 +37,7 @@ from .models import (
 from .parsing import (
     MAX_RETRY_AFTER,
     ApiError,
+    DeliveryOptions,
     build_destination,
     check_destination,
     compile_retry_delay,
@@ -123,24 +124,22 @@ class LocalQStash:
 
     # REST operations. They raise ApiError, which the app renders as {"error": ...}.
 
+    def _target(self, destination: str, query: str,
+                options_headers: Headers) -> tuple[str, DeliveryOptions]:
+        """Return the checked destination URL and the delivery options of a publish or schedule."""
+        url = build_destination(destination, query)
+        check_destination(url, allow_remote=self.config.allow_remote_destinations)
+        return url, parse_delivery_options(options_headers)
+
     def is_authorized(self, token: str | None) -> bool:
         """Tell whether `token` is the configured API token."""
         return token is not None and hmac.compare_digest(token.encode(), self.config.token.encode())
 
-    def publish(
-        self,
-        destination: str,
-        *,
-        body: bytes = b"",
-        headers: HeaderInput = None,
-        query: str = "",
-        caller_ip: str = "127.0.0.1",
-    ) -> PublishResult:
+    def publish(self, destination: str, *, body: bytes = b"", headers: HeaderInput = None,
+                query: str = "", caller_ip: str = "127.0.0.1") -> PublishResult:
         """Accept a message for `destination` as `POST /v2/publish/{destination}` does."""
         options_headers = merge_query_options(Headers(headers), query)
-        url = build_destination(destination, query)
-        check_destination(url, allow_remote=self.config.allow_remote_destinations)
-        options = parse_delivery_options(options_headers)
+        url, options = self._target(destination, query, options_headers)
         not_before = parse_not_before(options_headers)
         self._check_size(body)
         dedup_key = None
@@ -174,15 +173,8 @@ class LocalQStash:
                 self._dedup[dedup_key] = (message.message_id, now + DEDUPLICATION_WINDOW)
         return PublishResult(message_id=message.message_id)
 
-    def upsert_schedule(
-        self,
-        destination: str,
-        *,
-        body: bytes = b"",
-        headers: HeaderInput = None,
-        query: str = "",
-        caller_ip: str = "127.0.0.1",
-    ) -> str:
+    def upsert_schedule(self, destination: str, *, body: bytes = b"", headers: HeaderInput = None,
+                        query: str = "", caller_ip: str = "127.0.0.1") -> str:
         """Create or replace a schedule as `POST /v2/schedules/{destination}` does."""
         options_headers = merge_query_options(Headers(headers), query)
         raw_cron = options_headers.get("Upstash-Cron")
@@ -190,9 +182,7 @@ class LocalQStash:
             raise ApiError(400, "Upstash-Cron header is required")
         cron = parse_cron(raw_cron)
         schedule_id = parse_schedule_id(options_headers)
-        url = build_destination(destination, query)
-        check_destination(url, allow_remote=self.config.allow_remote_destinations)
-        options = parse_delivery_options(options_headers)
+        url, options = self._target(destination, query, options_headers)
         self._check_size(body)
         self._check_delay(options.delay or 0)
         with self._lock:

@@ -24,56 +24,14 @@ _FIELDS = {
     "responseStatus": "responseStatus",
     "state": "state",
 }
-MESSAGE_FILTERS = frozenset(
-    {
-        "url",
-        "host",
-        "path",
-        "label",
-        "scheduleId",
-        "topicName",
-        "queueName",
-        "flowControlKey",
-        "callerIp",
-        "callerIP",
-        "fromDate",
-        "toDate",
-    }
-)
-DLQ_FILTERS = frozenset(
-    {
-        "messageId",
-        "url",
-        "label",
-        "scheduleId",
-        "topicName",
-        "queueName",
-        "flowControlKey",
-        "callerIp",
-        "callerIP",
-        "responseStatus",
-        "fromDate",
-        "toDate",
-    }
-)
-EVENT_FILTERS = frozenset(
-    {
-        "messageId",
-        "state",
-        "url",
-        "host",
-        "path",
-        "label",
-        "scheduleId",
-        "topicName",
-        "queueName",
-        "flowControlKey",
-        "callerIp",
-        "callerIP",
-        "fromDate",
-        "toDate",
-    }
-)
+# Filters that every listing takes.
+_SHARED_FILTERS = frozenset({
+    "url", "label", "scheduleId", "topicName", "queueName", "flowControlKey",
+    "callerIp", "callerIP", "fromDate", "toDate",
+})
+MESSAGE_FILTERS = _SHARED_FILTERS | {"host", "path"}
+DLQ_FILTERS = _SHARED_FILTERS | {"messageId", "responseStatus"}
+EVENT_FILTERS = MESSAGE_FILTERS | {"messageId", "state"}
 
 
 @dataclass(frozen=True)

@@ -132,15 +132,20 @@ def message_json(message: Message) -> dict[str, Any]:
     if message.headers:
         data["header"] = {k: list(v) for k, v in message.headers.items()}
     data.update(_body_json(message.body, "body"))
+    _add_schedule_and_labels(data, message)
+    if message.retry_delay is not None:
+        data["retryDelayExpression"] = message.retry_delay
+    return data
+
+
+def _add_schedule_and_labels(data: dict[str, Any], message: Message) -> None:
+    """Add the schedule id and labels a message has, as messages and events render them."""
     if message.schedule_id is not None:
         data["scheduleId"] = message.schedule_id
     if message.label is not None:
         labels = split_labels(message.label)
         data["label"] = labels[0] if labels else message.label
         data["labels"] = labels
-    if message.retry_delay is not None:
-        data["retryDelayExpression"] = message.retry_delay
-    return data
 
 
 def dlq_json(entry: DlqEntry) -> dict[str, Any]:
@@ -178,12 +183,7 @@ def event_json(
         data["header"] = {k: list(v) for k, v in message.headers.items()}
     if message.body:
         data["body"] = base64.b64encode(message.body).decode("ascii")
-    if message.schedule_id is not None:
-        data["scheduleId"] = message.schedule_id
-    if message.label is not None:
-        labels = split_labels(message.label)
-        data["label"] = labels[0] if labels else message.label
-        data["labels"] = labels
+    _add_schedule_and_labels(data, message)
     if message.retry_delay is not None:
         data["retryDelayExpr"] = message.retry_delay
     if state in ("CREATED", "RETRY"):

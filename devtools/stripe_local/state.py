@@ -394,25 +394,15 @@ class StripeLocal:
     def get_transfer(self, transfer_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
         reject_unknown(params, frozenset({"expand"}))
         with self._lock:
-            transfer = self._state.transfers.get(transfer_id)
-            if transfer is None:
-                raise StripeLocalError(
-                    404, f"No such transfer: '{transfer_id}'", code="resource_missing", param="id"
-                )
-            return copy.deepcopy(transfer)
+            return copy.deepcopy(
+                _existing(self._state.transfers, transfer_id, kind="transfer", param="id"))
 
     def get_payment_intent(self, intent_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
         reject_unknown(params, frozenset({"expand"}))
         expand = expand_param(params, allowed=frozenset({"latest_charge"}))
         with self._lock:
-            intent = self._state.payment_intents.get(intent_id)
-            if intent is None:
-                raise StripeLocalError(
-                    404,
-                    f"No such payment_intent: '{intent_id}'",
-                    code="resource_missing",
-                    param="intent",
-                )
+            intent = _existing(self._state.payment_intents, intent_id, kind="payment_intent",
+                               param="intent")
             body = copy.deepcopy(intent)
             if "latest_charge" in expand and intent["latest_charge"] is not None:
                 body["latest_charge"] = copy.deepcopy(self._state.charges[intent["latest_charge"]])
@@ -422,12 +412,8 @@ class StripeLocal:
         reject_unknown(params, frozenset({"expand"}))
         expand_param(params, allowed=frozenset())
         with self._lock:
-            charge = self._state.charges.get(charge_id)
-            if charge is None:
-                raise StripeLocalError(
-                    404, f"No such charge: '{charge_id}'", code="resource_missing", param="charge"
-                )
-            return copy.deepcopy(charge)
+            return copy.deepcopy(
+                _existing(self._state.charges, charge_id, kind="charge", param="charge"))
 
     def _add_fault(self, fault: Fault) -> None:
         if fault.times < 1:
@@ -443,3 +429,12 @@ class StripeLocal:
             raise KeyError(f"unknown payment {payment_id!r}")
         return charge
 
+
+def _existing(objects: Mapping[str, dict[str, Any]], object_id: str, *, kind: str,
+              param: str) -> dict[str, Any]:
+    """Return the stored object, or raise Stripe's 404 `resource_missing` for it."""
+    found = objects.get(object_id)
+    if found is None:
+        raise StripeLocalError(404, f"No such {kind}: '{object_id}'", code="resource_missing",
+                               param=param)
+    return found

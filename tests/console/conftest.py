@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from devtools.qstash_local import DEV_TOKEN, LocalQStash, LocalQStashConfig, RunningServer, serve
 from tests.console.helpers import csrf_of
 from tests.helpers import ADMIN_TOKEN, AppFactory
 
@@ -16,7 +13,7 @@ def _no_pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Record the pauses after failed sign-ins instead of waiting through them."""
     waits: list[float] = []
     monkeypatch.setattr("service.console.access.pause", waits.append)
-    monkeypatch.setattr("blueprints.console.throttle.failed",
+    monkeypatch.setattr("blueprints.console.auth.throttle.failed",
                         lambda address: 0.5)
     return waits
 
@@ -31,21 +28,6 @@ def console(client: FlaskClient) -> FlaskClient:
 
 
 @pytest.fixture
-def dlq_qstash() -> Iterator[tuple[LocalQStash, RunningServer]]:
-    """A local QStash server (nothing is fired on its own)."""
-    local = LocalQStash(LocalQStashConfig(allow_remote_destinations=True))
-    with serve(local) as server:
-        yield local, server
-
-
-@pytest.fixture
-def stack_env(env: dict[str, str], dlq_qstash: tuple[LocalQStash, RunningServer]
-              ) -> dict[str, str]:
-    """Settings pointing the service at that local QStash server."""
-    return {**env, "QSTASH_URL": dlq_qstash[1].url, "QSTASH_TOKEN": DEV_TOKEN}
-
-
-@pytest.fixture
-def app(make_app: AppFactory, stack_env: dict[str, str]) -> Flask:
+def app(make_app: AppFactory, qstash_env: dict[str, str]) -> Flask:
     """The service, pointed at the local QStash server (no test here reaches the network)."""
-    return make_app(stack_env)
+    return make_app(qstash_env)

@@ -23,15 +23,15 @@ def test_sign_in_link_signs_in_once(app: Flask) -> None:
     assert other.get("/admin/sign-in/link?code=nonsense").status_code == 401
 
 
-def test_sign_in_link_needs_the_token(make_app: object, stack_env: dict[str, str]) -> None:
-    env = {k: v for k, v in stack_env.items() if k != "ADMIN_API_TOKEN"}
+def test_sign_in_link_needs_the_token(make_app: object, qstash_env: dict[str, str]) -> None:
+    env = {k: v for k, v in qstash_env.items() if k != "ADMIN_API_TOKEN"}
     app = make_app(env)  # type: ignore[operator]
     result = app.test_cli_runner().invoke(args=["console", "sign-in-link"])
     assert result.exit_code == 1 and "console is off" in result.output
 
 
-def test_dlq_commands(app: Flask, dlq_qstash: tuple[LocalQStash, RunningServer]) -> None:
-    local, _ = dlq_qstash
+def test_dlq_commands(app: Flask, local_qstash: tuple[LocalQStash, RunningServer]) -> None:
+    local, _ = local_qstash
     first = add_dead_letter(local)
     second = add_dead_letter(local, job="process-expert-transfers")
     runner = app.test_cli_runner()

@@ -81,8 +81,8 @@ def test_sign_in_sets_a_strict_session_cookie(client: FlaskClient) -> None:
 
 
 def test_cookie_is_not_secure_over_plain_http(make_app: AppFactory,
-                                              stack_env: dict[str, str]) -> None:
-    client = make_app({**stack_env, "APP_URL": "http://127.0.0.1:8000"}).test_client()
+                                              qstash_env: dict[str, str]) -> None:
+    client = make_app({**qstash_env, "APP_URL": "http://127.0.0.1:8000"}).test_client()
     answer = client.post("/admin/sign-in", data={"token": ADMIN_TOKEN,
                                                  "csrf_token": csrf_of(client)})
     assert "Secure" not in answer.headers["Set-Cookie"]
@@ -102,7 +102,7 @@ def test_wrong_token_is_refused_logged_and_slowed(client: FlaskClient,
 
 def test_repeated_failures_lock_the_address_out(client: FlaskClient,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("blueprints.console.throttle", SignInThrottle())
+    monkeypatch.setattr("blueprints.console.auth.throttle", SignInThrottle())
     for _ in range(FREE_FAILURES):
         answer = client.post("/admin/sign-in", data={"token": "guess",
                                                      "csrf_token": csrf_of(client)})
@@ -115,8 +115,8 @@ def test_repeated_failures_lock_the_address_out(client: FlaskClient,
 
 
 def test_console_is_off_without_the_token(make_app: AppFactory,
-                                          stack_env: dict[str, str]) -> None:
-    env = {k: v for k, v in stack_env.items() if k != "ADMIN_API_TOKEN"}
+                                          qstash_env: dict[str, str]) -> None:
+    env = {k: v for k, v in qstash_env.items() if k != "ADMIN_API_TOKEN"}
     client = make_app(env).test_client()
     for path in ("/admin/", "/admin/sign-in"):
         answer = client.get(path)
@@ -142,12 +142,12 @@ def test_sign_in_without_csrf_is_refused(client: FlaskClient) -> None:
 
 
 def test_session_ends_when_the_token_rotates(make_app: AppFactory,
-                                             stack_env: dict[str, str]) -> None:
-    first = make_app(stack_env).test_client()
+                                             qstash_env: dict[str, str]) -> None:
+    first = make_app(qstash_env).test_client()
     first.post("/admin/sign-in", data={"token": ADMIN_TOKEN, "csrf_token": csrf_of(first)})
     cookie = first.get_cookie("eleva_console", path="/admin")
     assert cookie is not None
-    rotated = make_app({**stack_env, "ADMIN_API_TOKEN": "another-admin-token-987654"})
+    rotated = make_app({**qstash_env, "ADMIN_API_TOKEN": "another-admin-token-987654"})
     second = rotated.test_client()
     second.set_cookie("eleva_console", cookie.value, path="/admin", domain=cookie.domain)
     assert second.get("/admin/").status_code == 303
@@ -225,9 +225,9 @@ def test_run_page_lays_out_the_result_and_error(console: FlaskClient, app: Flask
 
 
 def test_trigger_publishes_and_links_to_the_run(console: FlaskClient, app: Flask,
-                                                dlq_qstash: tuple[LocalQStash, RunningServer]
+                                                local_qstash: tuple[LocalQStash, RunningServer]
                                                 ) -> None:
-    local, _ = dlq_qstash
+    local, _ = local_qstash
     answer = console.post("/admin/jobs/process-tasks/trigger",
                           data={"csrf_token": csrf_of(console, "/admin/")})
     assert answer.status_code == 303
@@ -242,9 +242,9 @@ def test_trigger_publishes_and_links_to_the_run(console: FlaskClient, app: Flask
 
 
 def test_sync_shows_the_plan_then_applies_it(console: FlaskClient,
-                                             dlq_qstash: tuple[LocalQStash, RunningServer]
+                                             local_qstash: tuple[LocalQStash, RunningServer]
                                              ) -> None:
-    local, _ = dlq_qstash
+    local, _ = local_qstash
     plan = text(console.get("/admin/schedules"))
     assert plan.count("<td>create</td>") == 3 and "Apply this plan" in plan
     assert local.schedules == {}
@@ -284,8 +284,8 @@ def test_payouts_list_what_needs_a_person_and_approve(console: FlaskClient, app:
 
 
 def test_dead_letters_retry_and_delete(console: FlaskClient,
-                                       dlq_qstash: tuple[LocalQStash, RunningServer]) -> None:
-    local, _ = dlq_qstash
+                                       local_qstash: tuple[LocalQStash, RunningServer]) -> None:
+    local, _ = local_qstash
     first = add_dead_letter(local, answer=b'{"error":"job_failed","message":"a@b.example"}')
     second = add_dead_letter(local, job="check-upcoming-payouts")
     page = text(console.get("/admin/dead-letters"))
@@ -303,16 +303,16 @@ def test_dead_letters_retry_and_delete(console: FlaskClient,
     assert local.dlq == {}
 
 
-def test_no_secret_on_any_page(console: FlaskClient, app: Flask, stack_env: dict[str, str],
-                               dlq_qstash: tuple[LocalQStash, RunningServer]) -> None:
+def test_no_secret_on_any_page(console: FlaskClient, app: Flask, qstash_env: dict[str, str],
+                               local_qstash: tuple[LocalQStash, RunningServer]) -> None:
     add_expert(app, email="secret.person@example.com")
     transfer_id = add_transfer(app, requires_approval=True,
                                last_error_code="x", last_error_message=f"key {ADMIN_TOKEN}")
     run_id = add_run(app, status="failed",
                      error=f"token {ADMIN_TOKEN} for secret.person@example.com",
-                     result={"note": stack_env["QSTASH_TOKEN"]})
-    add_dead_letter(dlq_qstash[0], answer=f'{{"leak":"{CURRENT_KEY}"}}'.encode())
-    secrets = [ADMIN_TOKEN, stack_env["QSTASH_TOKEN"], CURRENT_KEY, NEXT_KEY,
+                     result={"note": qstash_env["QSTASH_TOKEN"]})
+    add_dead_letter(local_qstash[0], answer=f'{{"leak":"{CURRENT_KEY}"}}'.encode())
+    secrets = [ADMIN_TOKEN, qstash_env["QSTASH_TOKEN"], CURRENT_KEY, NEXT_KEY,
                "secret.person@example.com"]
     pages = [*PAGES, f"/admin/runs/{run_id}", f"/admin/payouts/transfers/{transfer_id}",
              "/admin/sign-in"]

@@ -36,6 +36,15 @@ def entrypoint_lines(output: str) -> list[dict[str, str]]:
     return [line for line in lines if line.get("logger") == "entrypoint"]
 
 
+def stopped(env: dict[str, str], *, exit_code: int = 1) -> dict[str, str]:
+    """Run the entrypoint, which must stop before serving; return the one line it logged."""
+    result = entrypoint(env, *SERVED)
+    assert result.returncode == exit_code
+    assert "server started" not in result.stdout
+    [line] = entrypoint_lines(result.stdout)
+    return line
+
+
 def schedule_ids(server: RunningServer) -> list[str]:
     client = QStash(DEV_TOKEN, base_url=server.url, retry=False)
     try:
@@ -72,10 +81,7 @@ def test_unconfigured_qstash_says_what_is_missing_and_serves(env: dict[str, str]
 
 def test_strict_mode_also_exits_when_qstash_is_not_configured(env: dict[str, str]) -> None:
     del env["QSTASH_TOKEN"]
-    result = entrypoint({**env, "QSTASH_UPDATE_STRICT": "1"}, *SERVED)
-    assert result.returncode == 3
-    assert "server started" not in result.stdout
-    [line] = entrypoint_lines(result.stdout)
+    line = stopped({**env, "QSTASH_UPDATE_STRICT": "1"}, exit_code=3)
     assert line["level"] == "error"
     assert line["message"].endswith("exiting because QSTASH_UPDATE_STRICT is set")
 
@@ -114,20 +120,14 @@ def test_strict_mode_exits_when_the_update_fails(
     qstash_env: dict[str, str], local_qstash: Local
 ) -> None:
     env = {**qstash_env, "QSTASH_TOKEN": "rotated-away", "QSTASH_UPDATE_STRICT": "true"}
-    result = entrypoint(env, *SERVED)
-    assert result.returncode == 1
-    assert "server started" not in result.stdout
-    [line] = entrypoint_lines(result.stdout)
+    line = stopped(env)
     assert "exiting because QSTASH_UPDATE_STRICT=true" in line["message"]
 
 
 @pytest.mark.slow
 def test_migration_failure_stops_the_container(env: dict[str, str]) -> None:
     env["DATABASE_URL"] = "postgresql://nobody@127.0.0.1:9/none?connect_timeout=1"
-    result = entrypoint(env, *SERVED)
-    assert result.returncode == 1
-    assert "server started" not in result.stdout
-    [line] = entrypoint_lines(result.stdout)
+    line = stopped(env)
     assert line["message"].startswith("start-up stopped at the database migration: ")
     assert "check DATABASE_URL and that the database server is reachable" in line["message"]
 
@@ -135,10 +135,7 @@ def test_migration_failure_stops_the_container(env: dict[str, str]) -> None:
 @pytest.mark.slow
 def test_a_bad_setting_stops_the_container_naming_it(env: dict[str, str]) -> None:
     env["LOG_FORMAT"] = "xml"
-    result = entrypoint(env, *SERVED)
-    assert result.returncode == 1
-    assert "server started" not in result.stdout
-    [line] = entrypoint_lines(result.stdout)
+    line = stopped(env)
     assert "LOG_FORMAT" in line["message"] and "DATABASE_URL" not in line["message"]
 
 

@@ -16,10 +16,10 @@ import requests
 from flask import Flask
 from qstash import QStash
 
+from devtools import devstack
 from devtools.gunicorn import running_gunicorn
 from devtools.qstash_local import (
     DEV_CURRENT_SIGNING_KEY,
-    DEV_NEXT_SIGNING_KEY,
     DEV_TOKEN,
     LocalQStash,
     LocalQStashConfig,
@@ -29,23 +29,16 @@ from service.extensions import get_sessions
 from service.qstash.signature import qstash_claims, sign_claims
 from service.runs.history import run_history
 from tests.helpers import ROOT, AppFactory, free_port
+from tests.qstash_local.helpers import FakeClock
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class Stack:
     local: LocalQStash
-    clock: Clock
+    clock: FakeClock
     sdk: QStash
     env: dict[str, str]
     app: Flask
@@ -84,14 +77,12 @@ def stack(make_app: AppFactory, env: dict[str, str], request: pytest.FixtureRequ
     minute = math.floor(time.time() / 60) * 60
     if time.gmtime(minute).tm_min == 0:
         minute -= 60
-    clock = Clock(minute - 30)
+    clock = FakeClock(minute - 30)
     local = LocalQStash(LocalQStashConfig(sign_with=sign_with, backoff_scale=0.001),
                         clock=clock)
     with serve(local) as qstash_server:
-        stack_env = {**env, "APP_URL": f"http://127.0.0.1:{port}",
-                     "QSTASH_URL": qstash_server.url, "QSTASH_TOKEN": DEV_TOKEN,
-                     "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
-                     "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY}
+        stack_env = devstack.stack_env(env, app_url=f"http://127.0.0.1:{port}",
+                                       qstash_url=qstash_server.url)
         app = make_app(stack_env)
         sdk = QStash(DEV_TOKEN, base_url=qstash_server.url, retry=False)
         try:

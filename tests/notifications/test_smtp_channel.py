@@ -187,17 +187,23 @@ def test_a_temporary_refusal_of_ehlo_is_retried_not_failed(scheme: str) -> None:
     assert handler.envelopes == []
 
 
+def refused_as_unverified(server: SmtpServer, scheme: str) -> DeliveryError:
+    """Send to a server with a self-signed certificate; it must fail for good, sending nothing."""
+    with pytest.raises(DeliveryError) as excinfo:
+        channel(server.url(scheme)).send(make_notice())
+    assert (excinfo.value.retryable, excinfo.value.code) == (False, "tls_failed")
+    assert server.handler.envelopes == []
+    return excinfo.value
+
+
 def test_starttls_verifies_certificates_by_default(
     start_smtp: StartSmtp, server_tls: ssl.SSLContext
 ) -> None:
     server = start_smtp(tls_context=server_tls)
 
-    with pytest.raises(DeliveryError) as excinfo:
-        channel(server.url("smtp+starttls")).send(make_notice())
+    error = refused_as_unverified(server, "smtp+starttls")
 
-    assert (excinfo.value.retryable, excinfo.value.code) == (False, "tls_failed")
-    assert "self-signed certificate" in str(excinfo.value)
-    assert server.handler.envelopes == []
+    assert "self-signed certificate" in str(error)
 
 
 def test_implicit_tls(start_smtp: StartSmtp, server_tls: ssl.SSLContext) -> None:
@@ -214,11 +220,7 @@ def test_implicit_tls_verifies_certificates_by_default(
 ) -> None:
     server = start_smtp(ssl_context=server_tls)
 
-    with pytest.raises(DeliveryError) as excinfo:
-        channel(server.url("smtps")).send(make_notice())
-
-    assert (excinfo.value.retryable, excinfo.value.code) == (False, "tls_failed")
-    assert server.handler.envelopes == []
+    refused_as_unverified(server, "smtps")
 
 
 def test_server_down_is_retryable_and_a_retry_delivers_once(start_smtp: StartSmtp) -> None:

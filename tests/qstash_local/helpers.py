@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import base64
+import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, request
@@ -14,6 +17,18 @@ from devtools.qstash_local import (
     LocalQStash,
     RunningServer,
 )
+
+HOOK = "http://127.0.0.1:5000/api/qstash/hook"
+
+
+def ts(text: str) -> float:
+    """Return the epoch seconds of a naive ISO time read as UTC."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+def padded_hash(body: bytes) -> str:
+    """Return the body hash a QStash signature claims: base64url SHA-256 with padding."""
+    return base64.urlsafe_b64encode(hashlib.sha256(body).digest()).decode()
 
 
 class FakeClock:
@@ -113,3 +128,9 @@ class Stack:
     server: RunningServer
     client: QStash
     clock: FakeClock
+
+
+def fire_next_slot(stack: Stack, schedule_id: str) -> int:
+    """Move the clock to the schedule's next slot and deliver what is due."""
+    stack.clock.set(stack.local.schedules[schedule_id].next_schedule_time)
+    return stack.local.tick()

@@ -7,9 +7,8 @@ import requests
 
 from devtools.qstash_local import DEV_TOKEN
 
-from .helpers import Receiver, Reply, Stack, publish
+from .helpers import HOOK, Receiver, Reply, Stack, publish
 
-HOOK = "http://127.0.0.1:5000/api/qstash/hook"
 OTHER = "http://localhost:5001/other"
 
 

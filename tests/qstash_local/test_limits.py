@@ -5,9 +5,8 @@ from qstash.errors import QStashError
 
 from devtools.qstash_local import LocalQStashConfig
 
-from .helpers import Stack, publish
+from .helpers import HOOK, Stack, publish
 
-HOOK = "http://127.0.0.1:5000/api/qstash/hook"
 MB = 1024 * 1024
 
 
