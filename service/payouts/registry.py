@@ -158,9 +158,9 @@ def _same_or_conflict(row: PaymentTransfer, data: TransferInput) -> dict[str, An
     return row.to_dict()
 
 
-def _transfer(session: Session, transfer_id: int) -> PaymentTransfer:
+def _transfer(session: Session, transfer_id: int, *, lock: bool = False) -> PaymentTransfer:
     # An id beyond the column is not looked up: the database would refuse it.
-    row = (session.get(PaymentTransfer, transfer_id)
+    row = (session.get(PaymentTransfer, transfer_id, with_for_update=lock)
            if 1 <= transfer_id <= MAX_TRANSFER_ID else None)
     if row is None:
         raise TransferNotFound(f"no transfer {transfer_id}")
@@ -182,7 +182,11 @@ def approve_transfer(sessions: sessionmaker[Session], transfer_id: int, approved
     approved_by = parse_approver(approved_by)
     now = now or utcnow()
     with sessions.begin() as session:
-        row = _transfer(session, transfer_id)
+        # Locked until the answer is decided: on PostgreSQL a concurrent approval committed
+        # after this read would otherwise make the guarded update below find no row, and a
+        # second approval be refused instead of answered with the first (SQLite's BEGIN
+        # IMMEDIATE serialises the transactions already).
+        row = _transfer(session, transfer_id, lock=True)
         if not row.requires_approval:
             raise ApprovalNotRequired(f"transfer {transfer_id} does not require approval; it "
                                       "is paid when due")
