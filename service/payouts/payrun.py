@@ -29,7 +29,7 @@ from .rules import (
     FAILED,
     MAX_RETRY_BACKOFF,
     PENDING,
-    idempotency_key,
+    legacy_idempotency_key,
     retry_backoff,
     transfer_group,
 )
@@ -142,7 +142,7 @@ def transfer_request(row: Claimed, env: str) -> TransferRequest:
         amount=row.amount,
         currency=row.currency,
         destination_account=row.destination,
-        idempotency_key=idempotency_key(env, row.id),
+        idempotency_key=row.idempotency_key or legacy_idempotency_key(env, row.id),
         transfer_group=transfer_group(row.payment_id),
         source_transaction=source,
         metadata={"transfer_id": str(row.id), "expert_id": row.expert_id,
