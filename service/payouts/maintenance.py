@@ -17,6 +17,7 @@ from .models import Expert, PaymentTransfer
 from .policy import PayoutPolicy
 from .pool import WorkerPool, closer
 from .provider import PayoutProvider, ProviderError
+from .ratelimit import rate_limited
 from .rules import CANCELLED, COMPLETED, PENDING, PROCESSING, transfer_group
 from .sql import AnyRow, after_key, is_
 
@@ -58,6 +59,7 @@ def recover_stale(
     group). Each write names the dead run's claim, so a row that moved on is left alone.
     """
     report = RecoveryReport()
+    provider = rate_limited(provider, policy.max_requests_per_second)
     stale_before = clock() - policy.stale_after
     after: tuple[datetime, int] | None = None
     with WorkerPool(policy.concurrency, name="recover", cleanup=closer(provider)) as pool:
@@ -146,6 +148,7 @@ def cancel_reversed_payments(
     transfer was made for it; one that was made is left for the next transfer run to record.
     """
     report = PaymentCheckReport()
+    provider = rate_limited(provider, policy.max_requests_per_second)
     horizon = clock() + policy.payment_check_horizon
     after: tuple[datetime, int] | None = None
     with WorkerPool(policy.concurrency, name="payments", cleanup=closer(provider)) as pool:

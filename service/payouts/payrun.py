@@ -24,6 +24,7 @@ from .provider import (
     TransferRequest,
     TransientProviderError,
 )
+from .ratelimit import rate_limited
 from .rules import (
     COMPLETED,
     FAILED,
@@ -72,6 +73,8 @@ class TransferRunReport:
     conflicts: int = 0
     remaining: int = 0
     stopped_early: bool = False
+    # 429s from the provider, each of which paused the run's calls (see ratelimit.py).
+    rate_limit_pauses: int = 0
     _problems: list[dict[str, Any]] = field(default_factory=list)
     _paid: list[dict[str, Any]] = field(default_factory=list)
 
@@ -107,6 +110,7 @@ class TransferRunReport:
             "conflicts": self.conflicts,
             "remaining": self.remaining,
             "stopped_early": self.stopped_early,
+            "rate_limit_pauses": self.rate_limit_pauses,
             "outcomes": outcomes,
             "outcomes_omitted": recorded - len(outcomes),
         }
@@ -264,9 +268,11 @@ def process_due_transfers(
 ) -> TransferRunReport:
     """Pay every due transfer once: claim in batches, call with bounded concurrency, record.
 
-    No transaction is open while the provider is called. New rows are claimed while fewer
-    than `concurrency` calls are queued, so the workers never wait for a claim; claiming stops
-    `claim_reserve` seconds before `deadline` (time.monotonic()) and in-flight calls finish.
+    Every call of the run shares one rate limit (`policy.max_requests_per_second`), and a 429
+    pauses them all. No transaction is open while the provider is called. New rows are claimed
+    while fewer than `concurrency` calls are queued, so the workers never wait for a claim;
+    claiming stops `claim_reserve` seconds before `deadline` (time.monotonic()) and in-flight
+    calls finish.
     """
     if claim_reserve is None:
         claim_reserve = min(CLAIM_RESERVE, 0.1 * max(deadline - time.monotonic(), 0.0))
@@ -274,7 +280,8 @@ def process_due_transfers(
     cursor = ClaimCursor()
     in_flight: dict[Future[CallResult], Claimed] = {}
     batch = 2 * policy.concurrency
-    with WorkerPool(policy.concurrency, name="payout", cleanup=closer(provider)) as pool:
+    limited = rate_limited(provider, policy.max_requests_per_second)
+    with WorkerPool(policy.concurrency, name="payout", cleanup=closer(limited)) as pool:
         try:
             while True:
                 if cursor.phase != "done" and len(in_flight) <= policy.concurrency:
@@ -286,7 +293,7 @@ def process_due_transfers(
                                                size=batch - len(in_flight), now=clock(),
                                                cursor=cursor):
                             report.considered += 1
-                            in_flight[pool.submit(partial(pay, provider, row, policy.env))] = row
+                            in_flight[pool.submit(partial(pay, limited, row, policy.env))] = row
                 if not in_flight:
                     if cursor.phase == "done":
                         break
@@ -306,5 +313,6 @@ def process_due_transfers(
             for future in in_flight:
                 future.cancel()
             raise
+    report.rate_limit_pauses = limited.pauses
     report.remaining, report.skipped = count_due(engine, now=clock())
     return report

@@ -38,9 +38,10 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def stripe_env(env: dict[str, str], server: StripeLocalServer) -> dict[str, str]:
+    # The double on loopback shares its limit with no one: the rate limit only spaces calls.
     return {**env, "PAYOUT_PROVIDER": "stripe", "STRIPE_SECRET_KEY": API_KEY,
             "STRIPE_API_BASE": server.url, "STRIPE_MAX_NETWORK_RETRIES": "0",
-            "STRIPE_TIMEOUT": "5"}
+            "STRIPE_TIMEOUT": "5", "PAYOUT_MAX_REQUESTS_PER_SECOND": "1000"}
 
 
 @pytest.fixture
@@ -134,13 +135,16 @@ def test_transient_errors_back_off_keep_approval_and_fail_at_the_limit(
 ) -> None:
     app = stripe_app
     row_id = add_transfer(app, requires_approval=True, approved_by="ops", approved_at=utcnow())
-    stripe_local.fail_next(429, times=3, method="POST")
+    # A transient error that says nothing was made (a 429 pauses the run instead: see
+    # test_a_429_pauses_the_run_instead_of_backing_rows_off).
+    stripe_local.fail_next(400, code="balance_insufficient", times=3, method="POST")
 
     first = run(app)
     row = load_transfer(app, row_id)
     assert (first["retried"], first["outcomes"]) == (
-        1, [{"transfer_id": row_id, "outcome": "retry", "code": "rate_limited"}])
-    assert (row.status, row.attempts, row.last_error_code) == ("PENDING", 1, "rate_limited")
+        1, [{"transfer_id": row_id, "outcome": "retry", "code": "balance_insufficient"}])
+    assert (row.status, row.attempts, row.last_error_code) == (
+        "PENDING", 1, "balance_insufficient")
     assert row.approved_by == "ops" and row.approved_at is not None
     wait = row.next_attempt_at - utcnow()
     assert timedelta(minutes=9) < wait <= timedelta(minutes=10)
