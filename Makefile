@@ -12,12 +12,14 @@ BENCH_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/bench
 # QUICK=1: the seconds-long versions CI runs, to keep the benchmarks working.
 ifdef QUICK
 PAYOUT_BENCH_ARGS := --total 2000 --due 300 --concurrency 8 --latency-ms 5
+PAYOUT_LIMIT_ARGS := --total 2000 --due 100 --concurrency 64 --latency-ms 5
 LOAD_ARGS := --quick
 CPU_ARGS := --requests 100 --rounds 1
 FUZZ_EXAMPLES := 150
 KILL_ROUNDS := 3
 else
 PAYOUT_BENCH_ARGS := --total 200000 --due 10000 --concurrency 16 --latency-ms 50
+PAYOUT_LIMIT_ARGS := --total 20000 --due 1500 --concurrency 64 --latency-ms 50
 LOAD_ARGS :=
 CPU_ARGS :=
 FUZZ_EXAMPLES := 5000
@@ -86,11 +88,14 @@ serve: migrate
 	LOG_FORMAT=$${LOG_FORMAT:-text} GUNICORN_BIND=$(HOST):$(PORT) GUNICORN_WORKERS=$${GUNICORN_WORKERS:-2} \
 		$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
-# Performance figures (docs/benchmarks.md): payout throughput on SQLite and PostgreSQL,
-# then verified deliveries against a bare route under wrk, and where a delivery's CPU goes.
+# Performance figures (docs/benchmarks.md): payout throughput on SQLite and PostgreSQL, and under
+# a provider's rate limit; then verified deliveries against a bare route under wrk, and where a
+# delivery's CPU goes.
 bench: install bench-setup
 	$(PY) -m bench.payouts_throughput --database-url sqlite:///$(CURDIR)/instance/bench.sqlite3 $(PAYOUT_BENCH_ARGS)
 	$(PY) -m bench.payouts_throughput --database-url $(BENCH_DATABASE_URL) $(PAYOUT_BENCH_ARGS)
+	$(PY) -m bench.payouts_throughput --database-url sqlite:///$(CURDIR)/instance/bench.sqlite3 \
+	    $(PAYOUT_LIMIT_ARGS) --provider throttled --provider-limit 25 --max-requests-per-second 25
 	$(PY) -m bench.load.run_load --database both --phases load $(LOAD_ARGS)
 	$(PY) -m bench.load.delivery_cpu --database both $(CPU_ARGS)
 

@@ -10,7 +10,11 @@ ideal (concurrency / latency), SQL statements per transfer, and the process's pe
 
 `--provider simulated` (the default) is service.payouts.simulated, which keeps every transfer it
 makes in memory, as a test double should. `--provider lean` behaves the same (latency, transfer
-ids) but keeps only a count, so that the peak memory measured is the job's own.
+ids) but keeps only a count, so that the peak memory measured is the job's own. `--provider
+throttled` is the lean provider behind a rate limit of `--provider-limit` calls per second (a
+token bucket, as Stripe's): above it, it answers 429 at once. `--max-requests-per-second` sets the
+run's own limit (PAYOUT_MAX_REQUESTS_PER_SECOND; none by default), and the ideal becomes
+min(concurrency / latency, that limit).
 """
 
 from __future__ import annotations
@@ -39,7 +43,12 @@ from service.payouts.claims import claim_query
 from service.payouts.models import Expert, Notification, PaymentTransfer
 from service.payouts.payrun import process_due_transfers
 from service.payouts.policy import PayoutPolicy
-from service.payouts.provider import PaymentState, TransferRequest, TransferResult
+from service.payouts.provider import (
+    PaymentState,
+    TransferRequest,
+    TransferResult,
+    TransientProviderError,
+)
 from service.payouts.simulated import SimulatedPayoutProvider, simulated_transfer_id
 
 EXPERTS = 2_000
@@ -68,6 +77,32 @@ class LeanProvider:
 
     def payment_state(self, payment_id: str) -> PaymentState:
         return PaymentState(payment_id=payment_id, refunded=False, disputed=False)
+
+
+class ThrottledProvider(LeanProvider):
+    """The lean provider behind Stripe's kind of limit: a bucket of `limit` tokens, refilled at
+    `limit` per second; a call finding it empty is answered 429 at once."""
+
+    name = "throttled"
+
+    def __init__(self, *, latency: float, limit: float) -> None:
+        super().__init__(latency=latency)
+        self.limit = limit
+        self.refused = 0
+        self._tokens = limit
+        self._refilled = time.monotonic()
+
+    def create_transfer(self, request: TransferRequest) -> TransferResult:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.limit, self._tokens + (now - self._refilled) * self.limit)
+            self._refilled = now
+            if self._tokens < 1:
+                self.refused += 1
+                raise TransientProviderError("Request rate limit exceeded", code="rate_limited",
+                                             http_status=429)
+            self._tokens -= 1
+        return super().create_transfer(request)
 
 
 def reset(url: str) -> None:
@@ -139,7 +174,8 @@ def explain(engine: Engine) -> list[str]:
 
 
 def measure(url: str, concurrency: int, latency: float, queue: Any,
-            provider_name: str = "simulated", trace_memory: bool = False) -> None:
+            provider_name: str = "simulated", trace_memory: bool = False,
+            max_rate: int | None = None, provider_limit: float = 25.0) -> None:
     """Run the transfer-processing function once in this (fresh) process; report to queue."""
     engine = make_engine(url, pool_size=concurrency + 4)
     statements = {"count": 0}
@@ -152,10 +188,15 @@ def measure(url: str, concurrency: int, latency: float, queue: Any,
     def count_commit(*_args: Any) -> None:
         statements["count"] += 1
 
-    provider: SimulatedPayoutProvider | LeanProvider = (
-        LeanProvider(latency=latency) if provider_name == "lean"
-        else SimulatedPayoutProvider(latency=latency))
-    policy = PayoutPolicy(env="bench", concurrency=concurrency)
+    provider: SimulatedPayoutProvider | LeanProvider
+    if provider_name == "throttled":
+        provider = ThrottledProvider(latency=latency, limit=provider_limit)
+    elif provider_name == "lean":
+        provider = LeanProvider(latency=latency)
+    else:
+        provider = SimulatedPayoutProvider(latency=latency)
+    policy = PayoutPolicy(env="bench", concurrency=concurrency,
+                          max_requests_per_second=max_rate)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if trace_memory:
         tracemalloc.start()
@@ -174,9 +215,15 @@ def measure(url: str, concurrency: int, latency: float, queue: Any,
         ).scalar_one()
     engine.dispose()
     ideal = concurrency / latency if latency > 0 else None
+    if max_rate is not None:
+        ideal = min(ideal, max_rate) if ideal is not None else float(max_rate)
     queue.put({
-        "paid": report.paid, "failed": report.failed, "remaining": report.remaining,
-        "provider": provider_name, "provider_calls": calls,
+        "paid": report.paid, "failed": report.failed, "retried": report.retried,
+        "remaining": report.remaining, "provider": provider_name, "provider_calls": calls,
+        "max_requests_per_second": max_rate,
+        "provider_limit": provider_limit if provider_name == "throttled" else None,
+        "answered_429": provider.refused if isinstance(provider, ThrottledProvider) else 0,
+        "rate_limit_pauses": report.rate_limit_pauses,
         "distinct_transfer_ids": distinct, "notices_queued": notices,
         "seconds": round(elapsed, 2), "transfers_per_second": round(report.paid / elapsed, 1),
         "ideal_per_second": None if ideal is None else round(ideal, 1),
@@ -195,7 +242,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--due", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--latency-ms", type=float, default=50.0)
-    parser.add_argument("--provider", choices=("simulated", "lean"), default="simulated")
+    parser.add_argument("--provider", choices=("simulated", "lean", "throttled"),
+                        default="simulated")
+    parser.add_argument("--provider-limit", type=float, default=25.0,
+                        help="calls per second above which --provider throttled answers 429 "
+                             "(default 25, Stripe's test mode)")
+    parser.add_argument("--max-requests-per-second", type=int, default=None,
+                        help="the run's own limit, PAYOUT_MAX_REQUESTS_PER_SECOND (default: "
+                             "none)")
     parser.add_argument("--trace-memory", action="store_true",
                         help="also report the peak of Python allocations during the run "
                              "(tracemalloc; slows the run down)")
@@ -219,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     queue = context.Queue()
     process = context.Process(target=measure, args=(
         args.database_url, args.concurrency, args.latency_ms / 1000, queue, args.provider,
-        args.trace_memory))
+        args.trace_memory, args.max_requests_per_second, args.provider_limit))
     process.start()
     while True:
         try:

@@ -103,8 +103,10 @@ def get_expert(expert_id: str) -> Response:
 def post_transfer() -> tuple[Response, int]:
     """Register a paid session's transfer: 201 new, 200 identical repeat, 409 conflicting one."""
     data = parse_transfer(_json_body())
+    settings = get_settings()
     transfer, created = registry.register_transfer(get_sessions(), data,
-                                                   get_settings().payout_delay_days)
+                                                   settings.payout_delay_days,
+                                                   env=settings.app_env)
     return _created(transfer, created)
 
 

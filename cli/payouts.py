@@ -51,8 +51,9 @@ def import_file(file: Path, fmt: Format | None, kind: str) -> None:
         if kind == "experts":
             report = import_experts(get_sessions(), records, from_text=fmt == "csv")
         else:
-            report = import_transfers(get_sessions(), records, get_settings().payout_delay_days,
-                                      from_text=fmt == "csv")
+            settings = get_settings()
+            report = import_transfers(get_sessions(), records, settings.payout_delay_days,
+                                      env=settings.app_env, from_text=fmt == "csv")
     except ImportRejected as exc:
         for error in exc.errors[:MAX_ERRORS_SHOWN]:
             click.echo(str(error), err=True)

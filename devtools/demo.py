@@ -112,7 +112,7 @@ def remove_demo_data(sessions: sessionmaker[Session]) -> None:
         session.execute(delete(Expert).where(Expert.id.startswith(PREFIX)))
 
 
-def seed_demo(sessions: sessionmaker[Session], delays: DelayTable, *,
+def seed_demo(sessions: sessionmaker[Session], delays: DelayTable, *, env: str,
               now: datetime | None = None) -> SeedReport:
     """Add sample experts and transfers in every state; refuse if demo rows exist."""
     now = now or utcnow()
@@ -131,7 +131,7 @@ def seed_demo(sessions: sessionmaker[Session], delays: DelayTable, *,
         session.flush()
         for number, plan in enumerate(PLAN, start=1):
             expert = experts[plan.expert]
-            row = PaymentTransfer(**_row(number, plan, expert, delays, now))
+            row = PaymentTransfer(**_row(number, plan, expert, delays, now, env))
             session.add(row)
             session.flush()
             _finish(session, row, plan, expert, now)
@@ -140,7 +140,7 @@ def seed_demo(sessions: sessionmaker[Session], delays: DelayTable, *,
 
 
 def _row(number: int, plan: _Plan, expert: Expert, delays: DelayTable,
-         now: datetime) -> dict[str, Any]:
+         now: datetime, env: str) -> dict[str, Any]:
     currency = CURRENCY[expert.country or "PT"]
     prices = PRICES[currency]
     hour = now.replace(minute=0, second=0, microsecond=0)
@@ -163,7 +163,7 @@ def _row(number: int, plan: _Plan, expert: Expert, delays: DelayTable,
         paid_at=paid_at,
         requires_approval=plan.requires_approval,
     )
-    return new_row(data, expert, delays, now)
+    return new_row(data, expert, delays, now, env=env)
 
 
 def _finish(session: Session, row: PaymentTransfer, plan: _Plan, expert: Expert,
@@ -214,7 +214,7 @@ def seed_app(app: Flask, *, if_empty: bool = False, reset: bool = False) -> str:
     if reset:
         remove_demo_data(sessions)
     try:
-        report = seed_demo(sessions, settings.payout_delay_days)
+        report = seed_demo(sessions, settings.payout_delay_days, env=settings.app_env)
     except DemoDataPresent:
         raise SeedRefused("demo data is already present; use --reset to replace it") from None
     states = ", ".join(f"{status} {count}" for status, count in sorted(report.transfers.items()))

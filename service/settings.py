@@ -23,6 +23,15 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PAYOUT_PROVIDERS: tuple[PayoutProviderName, ...] = ("stripe", "simulated")
 NOTIFIERS: tuple[NotifierName, ...] = ("log", "smtp")
 MAX_PAYOUT_CONCURRENCY = 64
+# Stripe allows an account 100 requests per second in live mode and 25 in test mode, and (its
+# current rate-limit page) 25 per second on any one endpoint unless stated; the rest of the
+# platform (checkouts, webhook follow-ups, the dashboard) shares them. A payout run takes a
+# fifth of the live allowance, below the 25 per second of POST /v1/transfers, and 40 % of the
+# test allowance; the two payout jobs that call Stripe together stay within 40 % of either.
+LIVE_MAX_REQUESTS_PER_SECOND = 20
+TEST_MAX_REQUESTS_PER_SECOND = 10
+MAX_REQUESTS_PER_SECOND = 1000
+LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
 SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 # Field metadata: repr shows the value through redact_url.
 URL = {"url": True}
@@ -56,6 +65,7 @@ class Settings:
     payout_simulated_latency_ms: int = 0
     payout_simulated_failure_rate: float = 0.0
     payout_concurrency: int = 8
+    payout_max_requests_per_second: int = TEST_MAX_REQUESTS_PER_SECOND
     payout_delay_days: DelayTable = field(
         default_factory=lambda: parse_delay_table(DEFAULT_DELAY_DAYS)
     )
@@ -179,6 +189,8 @@ class Settings:
                     "STRIPE_API_BASE is not an absolute http(s) URL (e.g. "
                     "http://127.0.0.1:12111 for the local double); remove it to use Stripe's API"
                 )
+        live = (payout_provider == "stripe" and stripe_secret_key is not None
+                and stripe_secret_key.startswith(LIVE_KEY_PREFIXES))
         raw_delays = text("PAYOUT_DELAY_DAYS") or DEFAULT_DELAY_DAYS
         try:
             delays = parse_delay_table(raw_delays)
@@ -230,6 +242,10 @@ class Settings:
             payout_simulated_failure_rate=fraction("PAYOUT_SIMULATED_FAILURE_RATE", 0.0),
             payout_concurrency=integer("PAYOUT_CONCURRENCY", 8, minimum=1,
                                        maximum=MAX_PAYOUT_CONCURRENCY),
+            payout_max_requests_per_second=integer(
+                "PAYOUT_MAX_REQUESTS_PER_SECOND",
+                LIVE_MAX_REQUESTS_PER_SECOND if live else TEST_MAX_REQUESTS_PER_SECOND,
+                minimum=1, maximum=MAX_REQUESTS_PER_SECOND),
             payout_delay_days=delays,
             payout_max_attempts=integer("PAYOUT_MAX_ATTEMPTS", 3, minimum=1, maximum=20),
             payout_retry_backoff_seconds=integer("PAYOUT_RETRY_BACKOFF_SECONDS", 600),

@@ -35,6 +35,7 @@ RECEIVER_URL = APP_URL + "/api/qstash"
 CURRENT_KEY = "sig_7kYjw48mhY7kAjqNGcy6cr29RJ6r"
 NEXT_KEY = "sig_5ZB6DVzB1wjE8S6rZ7eenA8Pdnhs"
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def mint(raw: bytes, /, *, url: str = RECEIVER_URL, key: str = CURRENT_KEY,

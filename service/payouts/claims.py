@@ -42,6 +42,8 @@ class Claimed:
     currency: str
     attempts: int
     claimed_before: bool
+    # None: registered before migration 0006 (see rules.legacy_idempotency_key).
+    idempotency_key: str | None
     destination: str
     email: str
     first_name: str
@@ -64,8 +66,8 @@ def claim_query(phase: str, now: datetime, after: tuple[datetime, int] | None,
         select(PaymentTransfer.id, PaymentTransfer.scheduled_transfer_at,
                PaymentTransfer.expert_id, PaymentTransfer.payment_id, PaymentTransfer.charge_id,
                PaymentTransfer.amount, PaymentTransfer.currency, PaymentTransfer.attempts,
-               PaymentTransfer.claimed_at, Expert.stripe_account_id, Expert.email,
-               Expert.first_name)
+               PaymentTransfer.claimed_at, PaymentTransfer.idempotency_key,
+               Expert.stripe_account_id, Expert.email, Expert.first_name)
         .join(Expert, Expert.id == PaymentTransfer.expert_id)
         .where(is_(PaymentTransfer.status, PENDING), ready(now), payable())
         .order_by(PaymentTransfer.scheduled_transfer_at, PaymentTransfer.id)
@@ -159,6 +161,7 @@ def _mark_claimed(
         Claimed(id=row.id, expert_id=row.expert_id, payment_id=row.payment_id,
                 charge_id=row.charge_id, amount=row.amount, currency=row.currency,
                 attempts=row.attempts, claimed_before=row.claimed_at is not None,
+                idempotency_key=row.idempotency_key,
                 destination=row.stripe_account_id, email=row.email, first_name=row.first_name)
         for row in rows
     ]

@@ -98,7 +98,7 @@ def read_records(path: Path, fmt: Format) -> Iterator[tuple[int, Any]]:
 
 
 def import_transfers(sessions: sessionmaker[Session], rows: Iterable[tuple[int, Any]],
-                     delays: DelayTable, *, from_text: bool,
+                     delays: DelayTable, *, env: str, from_text: bool,
                      now: datetime | None = None) -> ImportReport:
     """Register many transfers in one transaction, or none: raise ImportRejected with every
     problem (by line) when any row is invalid, names an unknown expert, repeats a payment id,
@@ -144,7 +144,7 @@ def import_transfers(sessions: sessionmaker[Session], rows: Iterable[tuple[int, 
                 else:
                     unchanged += 1
                 continue
-            new.append(new_row(item, experts[item.expert_id], delays, now))
+            new.append(new_row(item, experts[item.expert_id], delays, now, env=env))
         if errors:
             raise ImportRejected(sorted(errors, key=lambda e: e.line))
         for start in range(0, len(new), CHUNK):

@@ -18,6 +18,7 @@ from .models import Expert, PaymentTransfer
 from .policy import PayoutPolicy
 from .pool import WorkerPool, closer
 from .provider import PayoutProvider, ProviderError
+from .ratelimit import rate_limited
 from .rules import CANCELLED, COMPLETED, PENDING, PROCESSING, transfer_group
 from .sql import AnyRow, after_key, is_
 
@@ -60,6 +61,7 @@ def recover_stale(
     """
     provider = metrics.instrument_provider(provider)
     report = RecoveryReport()
+    provider = rate_limited(provider, policy.max_requests_per_second)
     stale_before = clock() - policy.stale_after
     after: tuple[datetime, int] | None = None
     with WorkerPool(policy.concurrency, name="recover", cleanup=closer(provider)) as pool:
@@ -149,6 +151,7 @@ def cancel_reversed_payments(
     """
     provider = metrics.instrument_provider(provider)
     report = PaymentCheckReport()
+    provider = rate_limited(provider, policy.max_requests_per_second)
     horizon = clock() + policy.payment_check_horizon
     after: tuple[datetime, int] | None = None
     with WorkerPool(policy.concurrency, name="payments", cleanup=closer(provider)) as pool:

@@ -104,6 +104,9 @@ class PaymentTransfer(Base):
     last_error_code: Mapped[str | None] = mapped_column(String(64))
     last_error_message: Mapped[str | None] = mapped_column(Text)
     provider_transfer_id: Mapped[str | None] = mapped_column(String(255))
+    # Set at registration (rules.payment_idempotency_key); None on rows registered before
+    # migration 0006, which keep rules.legacy_idempotency_key.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     transferred_at: Mapped[datetime | None]
     claimed_by: Mapped[str | None] = mapped_column(String(32))
     claimed_at: Mapped[datetime | None]

@@ -25,12 +25,13 @@ from .provider import (
     TransferRequest,
     TransientProviderError,
 )
+from .ratelimit import rate_limited
 from .rules import (
     COMPLETED,
     FAILED,
     MAX_RETRY_BACKOFF,
     PENDING,
-    idempotency_key,
+    legacy_idempotency_key,
     retry_backoff,
     transfer_group,
 )
@@ -73,6 +74,8 @@ class TransferRunReport:
     conflicts: int = 0
     remaining: int = 0
     stopped_early: bool = False
+    # 429s from the provider, each of which paused the run's calls (see ratelimit.py).
+    rate_limit_pauses: int = 0
     _problems: list[dict[str, Any]] = field(default_factory=list)
     _paid: list[dict[str, Any]] = field(default_factory=list)
 
@@ -108,6 +111,7 @@ class TransferRunReport:
             "conflicts": self.conflicts,
             "remaining": self.remaining,
             "stopped_early": self.stopped_early,
+            "rate_limit_pauses": self.rate_limit_pauses,
             "outcomes": outcomes,
             "outcomes_omitted": recorded - len(outcomes),
         }
@@ -143,7 +147,7 @@ def transfer_request(row: Claimed, env: str) -> TransferRequest:
         amount=row.amount,
         currency=row.currency,
         destination_account=row.destination,
-        idempotency_key=idempotency_key(env, row.id),
+        idempotency_key=row.idempotency_key or legacy_idempotency_key(env, row.id),
         transfer_group=transfer_group(row.payment_id),
         source_transaction=source,
         metadata={"transfer_id": str(row.id), "expert_id": row.expert_id,
@@ -266,9 +270,11 @@ def process_due_transfers(
 ) -> TransferRunReport:
     """Pay every due transfer once: claim in batches, call with bounded concurrency, record.
 
-    No transaction is open while the provider is called. New rows are claimed while fewer
-    than `concurrency` calls are queued, so the workers never wait for a claim; claiming stops
-    `claim_reserve` seconds before `deadline` (time.monotonic()) and in-flight calls finish.
+    Every call of the run shares one rate limit (`policy.max_requests_per_second`), and a 429
+    pauses them all. No transaction is open while the provider is called. New rows are claimed
+    while fewer than `concurrency` calls are queued, so the workers never wait for a claim;
+    claiming stops `claim_reserve` seconds before `deadline` (time.monotonic()) and in-flight
+    calls finish.
     """
     provider = metrics.instrument_provider(provider)
     if claim_reserve is None:
@@ -277,7 +283,8 @@ def process_due_transfers(
     cursor = ClaimCursor()
     in_flight: dict[Future[CallResult], Claimed] = {}
     batch = 2 * policy.concurrency
-    with WorkerPool(policy.concurrency, name="payout", cleanup=closer(provider)) as pool:
+    limited = rate_limited(provider, policy.max_requests_per_second)
+    with WorkerPool(policy.concurrency, name="payout", cleanup=closer(limited)) as pool:
         try:
             while True:
                 if cursor.phase != "done" and len(in_flight) <= policy.concurrency:
@@ -289,7 +296,7 @@ def process_due_transfers(
                                                size=batch - len(in_flight), now=clock(),
                                                cursor=cursor):
                             report.considered += 1
-                            in_flight[pool.submit(partial(pay, provider, row, policy.env))] = row
+                            in_flight[pool.submit(partial(pay, limited, row, policy.env))] = row
                 if not in_flight:
                     if cursor.phase == "done":
                         break
@@ -309,5 +316,6 @@ def process_due_transfers(
             for future in in_flight:
                 future.cancel()
             raise
+    report.rate_limit_pauses = limited.pauses
     report.remaining, report.skipped = count_due(engine, now=clock())
     return report

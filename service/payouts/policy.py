@@ -16,6 +16,8 @@ class PayoutPolicy:
     retry_backoff: timedelta = timedelta(minutes=10)
     stale_after: timedelta = timedelta(minutes=20)
     payment_check_horizon: timedelta = timedelta(days=3)
+    # Provider calls per second, shared by every thread of a run; None: no limit.
+    max_requests_per_second: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PayoutPolicy:
@@ -26,4 +28,5 @@ class PayoutPolicy:
             retry_backoff=timedelta(seconds=settings.payout_retry_backoff_seconds),
             stale_after=timedelta(seconds=settings.payout_stale_after_seconds),
             payment_check_horizon=timedelta(days=settings.payout_payment_check_days),
+            max_requests_per_second=settings.payout_max_requests_per_second,
         )

@@ -62,6 +62,7 @@ class ProviderError(Exception):
     connection broke, or the provider failed or was busy with the same key): a transfer may
     exist, and only asking the provider can tell. `replayed` is true when the provider answered
     with what it had stored for the idempotency key: the first attempt's outcome, not news.
+    `retry_after` is the provider's own advice, in seconds, on when to call again.
     """
 
     retryable = False
@@ -76,6 +77,7 @@ class ProviderError(Exception):
         http_status: int | None = None,
         outcome_unknown: bool = False,
         replayed: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         self.message = redact_secrets(message)
         self.code = code
@@ -84,6 +86,7 @@ class ProviderError(Exception):
         self.http_status = http_status
         self.outcome_unknown = outcome_unknown
         self.replayed = replayed
+        self.retry_after = retry_after
         super().__init__(self.message)
 
     def __str__(self) -> str:

@@ -18,7 +18,13 @@ from .errors import (
     TransferNotFound,
 )
 from .models import Expert, PaymentTransfer
-from .rules import PENDING, DelayTable, scheduled_transfer_at, split_price
+from .rules import (
+    PENDING,
+    DelayTable,
+    payment_idempotency_key,
+    scheduled_transfer_at,
+    split_price,
+)
 from .sql import is_
 from .validation import (
     ID_RE,
@@ -87,8 +93,8 @@ def differences(row: PaymentTransfer, data: TransferInput) -> list[str]:
 
 
 def new_row(data: TransferInput, expert: Expert | None, delays: DelayTable,
-            now: datetime) -> dict[str, Any]:
-    """Return the column values of a newly registered transfer."""
+            now: datetime, *, env: str) -> dict[str, Any]:
+    """Return the column values of a newly registered transfer in environment `env`."""
     split = split_price(data.price)
     return {
         "expert_id": data.expert_id,
@@ -104,6 +110,7 @@ def new_row(data: TransferInput, expert: Expert | None, delays: DelayTable,
             paid_at=data.paid_at, session_end_at=data.session_end_at,
             country=expert.country if expert else None, delays=delays),
         "status": PENDING,
+        "idempotency_key": payment_idempotency_key(env, data.payment_id),
         "requires_approval": data.requires_approval,
         "attempts": 0,
         "created_at": now,
@@ -112,7 +119,7 @@ def new_row(data: TransferInput, expert: Expert | None, delays: DelayTable,
 
 
 def register_transfer(sessions: sessionmaker[Session], data: TransferInput, delays: DelayTable,
-                      *, now: datetime | None = None) -> tuple[dict[str, Any], bool]:
+                      *, env: str, now: datetime | None = None) -> tuple[dict[str, Any], bool]:
     """Register a paid session's transfer, idempotent by payment id.
 
     Return the row and whether it was created. A repeat with the same details returns the
@@ -128,7 +135,7 @@ def register_transfer(sessions: sessionmaker[Session], data: TransferInput, dela
             if expert is None:
                 raise InvalidInput({"expert_id": "no such expert; create it first with "
                                                  "PUT /api/experts/<id>"})
-            row = PaymentTransfer(**new_row(data, expert, delays, now))
+            row = PaymentTransfer(**new_row(data, expert, delays, now, env=env))
             session.add(row)
             session.flush()
             return row.to_dict(), True
@@ -158,9 +165,9 @@ def _same_or_conflict(row: PaymentTransfer, data: TransferInput) -> dict[str, An
     return row.to_dict()
 
 
-def _transfer(session: Session, transfer_id: int) -> PaymentTransfer:
+def _transfer(session: Session, transfer_id: int, *, lock: bool = False) -> PaymentTransfer:
     # An id beyond the column is not looked up: the database would refuse it.
-    row = (session.get(PaymentTransfer, transfer_id)
+    row = (session.get(PaymentTransfer, transfer_id, with_for_update=lock)
            if 1 <= transfer_id <= MAX_TRANSFER_ID else None)
     if row is None:
         raise TransferNotFound(f"no transfer {transfer_id}")
@@ -182,7 +189,11 @@ def approve_transfer(sessions: sessionmaker[Session], transfer_id: int, approved
     approved_by = parse_approver(approved_by)
     now = now or utcnow()
     with sessions.begin() as session:
-        row = _transfer(session, transfer_id)
+        # Locked until the answer is decided: on PostgreSQL a concurrent approval committed
+        # after this read would otherwise make the guarded update below find no row, and a
+        # second approval be refused instead of answered with the first (SQLite's BEGIN
+        # IMMEDIATE serialises the transactions already).
+        row = _transfer(session, transfer_id, lock=True)
         if not row.requires_approval:
             raise ApprovalNotRequired(f"transfer {transfer_id} does not require approval; it "
                                       "is paid when due")

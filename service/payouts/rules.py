@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -8,6 +9,8 @@ from types import MappingProxyType
 from typing import Final, Literal
 
 from service.parsing import whole_number
+
+from .provider import MAX_IDEMPOTENCY_KEY_LENGTH
 
 TransferStatus = Literal["PENDING", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]
 PENDING: Final = "PENDING"
@@ -153,8 +156,25 @@ def is_due(
     return not requires_approval and scheduled_transfer_at <= now
 
 
-def idempotency_key(env: str, transfer_id: int) -> str:
-    """Return the provider idempotency key of a transfer row: `<env>:transfer:<id>`."""
+def payment_idempotency_key(env: str, payment_id: str) -> str:
+    """Return the provider idempotency key of a payment's transfer: `<env>:payment:<payment id>`.
+
+    Stored on the row at registration. The payment id is what makes a transfer unique, in
+    every database: two databases that reuse row ids against one Stripe account (a reset, a
+    rebuild, a restore) never send one key for two payments. A payment id too long for the
+    provider's limit is replaced by its SHA-256, under a prefix of its own.
+    """
+    key = f"{env}:payment:{payment_id}"
+    if len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        return key
+    return f"{env}:payment-sha256:{hashlib.sha256(payment_id.encode()).hexdigest()}"
+
+
+def legacy_idempotency_key(env: str, transfer_id: int) -> str:
+    """Return the key of a row registered before migration 0006: `<env>:transfer:<row id>`.
+
+    Such a row has no stored key and may already have a transfer under this one, so it keeps it.
+    """
     return f"{env}:transfer:{transfer_id}"
 
 

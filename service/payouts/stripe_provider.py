@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import math
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import stripe
 
@@ -133,8 +135,10 @@ class StripePayoutProvider:
         # (5xx: Stripe calls the outcome indeterminate) or that another request with the same
         # key is still carrying out (409). Every other error means nothing was done.
         unknown = False
+        retry_after = None
         if isinstance(exc, stripe.RateLimitError):
             kind, code = TransientProviderError, "rate_limited"
+            retry_after = _retry_after(exc.headers)
         elif isinstance(exc, stripe.APIConnectionError):
             kind, code, unknown = TransientProviderError, "connection_error", True
         elif isinstance(exc, stripe.APIError):
@@ -166,7 +170,20 @@ class StripePayoutProvider:
             # 24 hours under its idempotency key, and answers a retry with it.
             replayed=any(name.lower() == "idempotent-replayed" and str(value).lower() == "true"
                          for name, value in (exc.headers or {}).items()),
+            retry_after=retry_after,
         )
+
+
+def _retry_after(headers: Mapping[str, Any] | None) -> float | None:
+    """Read a Retry-After header given in seconds; None when absent or in another form."""
+    for name, value in (headers or {}).items():
+        if name.lower() == "retry-after":
+            try:
+                seconds = float(str(value).strip())
+            except ValueError:
+                return None  # an HTTP date: the caller's own backoff serves as well
+            return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    return None
 
 
 def _invalid_request_code(provider_code: str | None, param: str | None, status: int | None) -> str:

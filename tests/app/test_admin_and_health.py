@@ -9,9 +9,7 @@ from flask.testing import FlaskClient
 from service import db
 from service.extensions import get_sessions
 from service.runs.history import run_history
-from tests.helpers import ADMIN_TOKEN, APP_URL, AppFactory, delivery_headers, job_body, mint
-
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+from tests.helpers import ADMIN_TOKEN, APP_URL, AUTH, AppFactory, delivery_headers, job_body, mint
 
 
 def test_liveness(client: FlaskClient) -> None:

@@ -98,6 +98,39 @@ def test_0004_records_token_ids_and_downgrades_without_them(engine: Engine) -> N
     db.upgrade(engine)
 
 
+def test_0006_keeps_the_row_key_of_every_existing_transfer(engine: Engine) -> None:
+    db.upgrade(engine, "0004")
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO experts (id, email, first_name, payouts_enabled,"
+                          " created_at, updated_at) VALUES ('exp_1', 'a@x', 'Ana', true, :now,"
+                          " :now)").bindparams(bindparam("now", type_=db.UTCDateTime())),
+                     {"now": now})
+        for payment, claimed in (("pi_sent", now), ("pi_waiting", None)):
+            conn.execute(text(
+                "INSERT INTO payment_transfers (expert_id, payment_id, amount, platform_fee,"
+                " currency, session_start_at, session_end_at, paid_at, scheduled_transfer_at,"
+                " status, requires_approval, attempts, claimed_at, created_at, updated_at)"
+                " VALUES ('exp_1', :payment, 8500, 1500, 'eur', :now, :now, :now, :now,"
+                " 'PENDING', false, 0, :claimed, :now, :now)"
+            ).bindparams(bindparam("now", type_=db.UTCDateTime()),
+                         bindparam("claimed", type_=db.UTCDateTime())),
+                {"payment": payment, "now": now, "claimed": claimed})
+
+    db.upgrade(engine, "0006")
+
+    # No stored key: both keep `<env>:transfer:<id>`, under which a transfer may exist.
+    with engine.connect() as conn:
+        keys = conn.execute(text("SELECT idempotency_key FROM payment_transfers")).all()
+    assert [tuple(key) for key in keys] == [(None,), (None,)]
+    db.downgrade(engine, "0004")
+    with engine.connect() as conn:
+        assert "idempotency_key" not in {
+            c["name"] for c in inspect(conn).get_columns("payment_transfers")}
+        assert conn.execute(text("SELECT COUNT(*) FROM payment_transfers")).scalar_one() == 2
+    db.upgrade(engine)
+
+
 def test_run_statement_raises_driver_errors_as_sqlalchemy_does(engine: Engine) -> None:
     db.upgrade(engine)
 
@@ -133,7 +166,7 @@ def test_containers_starting_together_migrate_one_after_another(database_url: st
     try:
         with engine.connect() as connection:
             versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
-        assert len(versions) == 1 and versions[0][0].startswith("0004")
+        assert [version for (version,) in versions] == [db.head_revision()]
         assert "job_runs" in inspect(engine).get_table_names()
     finally:
         engine.dispose()

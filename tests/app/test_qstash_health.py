@@ -11,10 +11,9 @@ from devtools.qstash_local import DEV_TOKEN, LocalQStash, RunningServer
 from service.db import utcnow
 from service.extensions import get_sessions
 from service.models import JobRun
-from tests.helpers import ADMIN_TOKEN, CURRENT_KEY, NEXT_KEY, AppFactory
+from tests.helpers import ADMIN_TOKEN, AUTH, CURRENT_KEY, NEXT_KEY, AppFactory
 
 Local = tuple[LocalQStash, RunningServer]
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 OWNED = "eleva-jobs.development."
 
 

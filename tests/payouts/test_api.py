@@ -13,7 +13,7 @@ from sqlalchemy import select
 from service.extensions import get_sessions
 from service.payouts.models import Expert, PaymentTransfer
 from tests.helpers import (
-    ADMIN_TOKEN,
+    AUTH,
     AppFactory,
     add_expert,
     add_transfer,
@@ -21,7 +21,6 @@ from tests.helpers import (
     row_count,
 )
 
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 EXPERT = {"email": "ana@example.com", "first_name": "Ana", "country": "PT",
           "stripe_account_id": "acct_1AnaSilva", "payouts_enabled": True}
 
@@ -343,6 +342,41 @@ def test_approve(app: Flask, client: FlaskClient) -> None:
                              headers=AUTH)
     assert (not_needed.status_code, not_needed.get_json()["error"]) == (
         409, "approval_not_required")
+
+
+def test_concurrent_approvals_all_answer_the_one_approval(app: Flask) -> None:
+    """20 concurrent approvals of each of 10 transfers: every one 200, one approver stored."""
+    add_expert(app)
+    ids = [add_transfer(app, requires_approval=True) for _ in range(10)]
+    per_transfer = 20
+    barrier = threading.Barrier(len(ids) * per_transfer)
+    answers: list[tuple[int, int, Any]] = []
+    lock = threading.Lock()
+
+    def approve(transfer_id: int, approver: str) -> None:
+        client = app.test_client()
+        barrier.wait()
+        response = client.post(f"/api/transfers/{transfer_id}/approve",
+                               json={"approved_by": approver}, headers=AUTH)
+        with lock:
+            answers.append((transfer_id, response.status_code, response.get_json()))
+
+    threads = [threading.Thread(target=approve, args=(transfer_id, f"ops{n}@x"))
+               for transfer_id in ids for n in range(per_transfer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    refused = [(tid, status, body) for tid, status, body in answers if status != 200]
+    assert refused == []
+    assert len(answers) == len(ids) * per_transfer
+    for transfer_id in ids:
+        row = load_transfer(app, transfer_id)
+        assert row.approved_by is not None and row.approved_at is not None
+        # Every answer shows the approval that was stored, whichever request made it.
+        shown = {(body["approved_by"], body["approved_at"])
+                 for tid, _, body in answers if tid == transfer_id}
+        assert shown == {(row.approved_by, row.approved_at.isoformat())}
 
 
 @pytest.mark.parametrize("approved_by", ["\ud800x", "ops\x00", "ops\nother", "ops\x1b[31m",

@@ -16,15 +16,15 @@ from service.db import utcnow
 from service.extensions import get_sessions
 from service.payouts.models import PaymentTransfer
 from tests.helpers import AppFactory, age_claims
-
-from .test_exactly_once import (
+from tests.payouts.helpers import (
     assert_paid_exactly_once,
-    ledger,
     pay_in_fresh_process,
+    run,
     seed_due,
     stats,
+    stripe_env,
+    transfer_outcomes,
 )
-from .test_process_transfers import run, stripe_env
 
 pytestmark = pytest.mark.slow
 # `make reliability` raises these; the defaults keep the suite in seconds.
@@ -64,7 +64,7 @@ def test_workers_killed_at_random_points_again_and_again_lose_and_double_nothing
         age_claims(app)
         maintenance = run(app, "process-tasks")
         assert maintenance["recovery_errors"] == 0, f"seed {KILL_SEED}"
-        assert Counter(s for s, _ in ledger(app).values())["PROCESSING"] == 0
+        assert Counter(s for s, _ in transfer_outcomes(app).values())["PROCESSING"] == 0
     assert kills >= 1, f"no worker was killed (seed {KILL_SEED})"
 
     result = run(app)

@@ -24,9 +24,9 @@ from tests.helpers import (
     outbox_rows,
     service_log,
 )
+from tests.payouts.helpers import run, stripe_env
 
 from .helpers import ACCOUNT
-from .test_process_transfers import run, stripe_env
 
 STALE = timedelta(minutes=25)  # older than PAYOUT_STALE_AFTER_SECONDS (20 minutes)
 
@@ -129,10 +129,10 @@ def test_a_refund_cancels_a_claimed_row_only_once_the_provider_says_no_transfer_
     for _ in range(3):
         with_payment(app, stripe_local, "paid")
     stripe_local.drop_next(after_processing=True, method="POST")
-    stripe_local.fail_next(429, times=2, method="POST")
+    stripe_local.fail_next(400, code="balance_insufficient", times=2, method="POST")
     codes = {o["transfer_id"]: o["code"] for o in run(app)["outcomes"]}  # calls run in parallel
     [made] = [i for i, code in codes.items() if code == "connection_error"]
-    unknown, refused = sorted(i for i, code in codes.items() if code == "rate_limited")
+    unknown, refused = sorted(i for i, code in codes.items() if code == "balance_insufficient")
     [created] = stripe_local.transfers
     for row_id in codes:
         stripe_local.refund(load_transfer(app, row_id).payment_id)

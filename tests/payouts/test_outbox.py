@@ -28,8 +28,7 @@ from tests.helpers import (
     refusing,
 )
 from tests.notifications.helpers import HOST, RecordingHandler
-
-from .test_process_transfers import run
+from tests.payouts.helpers import run
 
 MAIL_FROM = "Eleva Care <payouts@eleva.test>"
 

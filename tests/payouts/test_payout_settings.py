@@ -24,6 +24,7 @@ def test_defaults() -> None:
     settings = Settings.from_env({})
     assert settings.payout_provider == "simulated"
     assert settings.payout_concurrency == 8
+    assert settings.payout_max_requests_per_second == 10
     assert settings.payout_delay_days.describe() == "US=2,default=7"
     assert (settings.payout_max_attempts, settings.payout_retry_backoff_seconds) == (3, 600)
     assert settings.payout_stale_after_seconds == 1200
@@ -57,6 +58,9 @@ def test_values_are_parsed() -> None:
     ({"PAYOUT_CONCURRENCY": "0"}, "PAYOUT_CONCURRENCY"),
     ({"PAYOUT_CONCURRENCY": "65"}, "PAYOUT_CONCURRENCY"),
     ({"PAYOUT_CONCURRENCY": "many"}, "PAYOUT_CONCURRENCY"),
+    ({"PAYOUT_MAX_REQUESTS_PER_SECOND": "0"}, "PAYOUT_MAX_REQUESTS_PER_SECOND"),
+    ({"PAYOUT_MAX_REQUESTS_PER_SECOND": "1001"}, "PAYOUT_MAX_REQUESTS_PER_SECOND"),
+    ({"PAYOUT_MAX_REQUESTS_PER_SECOND": "fast"}, "PAYOUT_MAX_REQUESTS_PER_SECOND"),
     ({"PAYOUT_DELAY_DAYS": "US=2"}, "PAYOUT_DELAY_DAYS"),
     ({"PAYOUT_DELAY_DAYS": "USA=2,default=7"}, "PAYOUT_DELAY_DAYS"),
     ({"PAYOUT_SIMULATED_FAILURE_RATE": "1.5"}, "PAYOUT_SIMULATED_FAILURE_RATE"),

@@ -23,7 +23,7 @@ from service.payouts.policy import PayoutPolicy
 from service.payouts.provider import TransferRequest, TransferResult
 from service.payouts.simulated import SimulatedPayoutProvider
 from tests.helpers import (
-    ADMIN_TOKEN,
+    AUTH,
     AppFactory,
     add_expert,
     add_transfer,
@@ -33,16 +33,9 @@ from tests.helpers import (
     refusing,
     service_log,
 )
+from tests.payouts.helpers import run, stripe_env, transfer_posts
 
-from .helpers import ACCOUNT, API_KEY
-
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-def stripe_env(env: dict[str, str], server: StripeLocalServer) -> dict[str, str]:
-    return {**env, "PAYOUT_PROVIDER": "stripe", "STRIPE_SECRET_KEY": API_KEY,
-            "STRIPE_API_BASE": server.url, "STRIPE_MAX_NETWORK_RETRIES": "0",
-            "STRIPE_TIMEOUT": "5"}
+from .helpers import ACCOUNT
 
 
 @pytest.fixture
@@ -51,19 +44,6 @@ def stripe_app(make_app: AppFactory, env: dict[str, str],
     app = make_app(stripe_env(env, stripe_server))
     add_expert(app, "exp_1", stripe_account_id=ACCOUNT)
     return app
-
-
-def run(app: Flask, job: str = "process-expert-transfers") -> dict[str, Any]:
-    response = app.test_client().post(f"/api/cron/{job}", headers=AUTH)
-    assert response.status_code == 200, response.get_json()
-    body = response.get_json()
-    assert body["status"] == "succeeded"
-    return dict(body["result"])
-
-
-def transfer_posts(stripe: StripeLocal) -> list[dict[str, Any]]:
-    return [{"key": r.idempotency_key, **r.params} for r in stripe.requests
-            if (r.method, r.path) == ("POST", "/v1/transfers")]
 
 
 def make_due(app: Flask, transfer_id: int) -> None:
@@ -136,13 +116,16 @@ def test_transient_errors_back_off_keep_approval_and_fail_at_the_limit(
 ) -> None:
     app = stripe_app
     row_id = add_transfer(app, requires_approval=True, approved_by="ops", approved_at=utcnow())
-    stripe_local.fail_next(429, times=3, method="POST")
+    # A transient error that says nothing was made (a 429 pauses the run instead: see
+    # test_a_429_pauses_the_run_instead_of_backing_rows_off).
+    stripe_local.fail_next(400, code="balance_insufficient", times=3, method="POST")
 
     first = run(app)
     row = load_transfer(app, row_id)
     assert (first["retried"], first["outcomes"]) == (
-        1, [{"transfer_id": row_id, "outcome": "retry", "code": "rate_limited"}])
-    assert (row.status, row.attempts, row.last_error_code) == ("PENDING", 1, "rate_limited")
+        1, [{"transfer_id": row_id, "outcome": "retry", "code": "balance_insufficient"}])
+    assert (row.status, row.attempts, row.last_error_code) == (
+        "PENDING", 1, "balance_insufficient")
     assert row.approved_by == "ops" and row.approved_at is not None
     wait = row.next_attempt_at - utcnow()
     assert timedelta(minutes=9) < wait <= timedelta(minutes=10)

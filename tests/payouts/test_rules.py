@@ -16,8 +16,8 @@ from service.payouts.rules import (
     TRANSITIONS,
     InvalidTransition,
     check_transition,
-    idempotency_key,
     is_due,
+    legacy_idempotency_key,
     parse_delay_table,
     retry_backoff,
     scheduled_transfer_at,
@@ -180,4 +180,4 @@ def test_backoff_stops_growing_at_six_hours_for_rows_retried_past_the_limit() ->
 
 
 def test_idempotency_key_names_the_environment_and_row() -> None:
-    assert idempotency_key("production", 42) == "production:transfer:42"
+    assert legacy_idempotency_key("production", 42) == "production:transfer:42"
