@@ -99,6 +99,30 @@ def test_0004_records_token_ids_and_downgrades_without_them(engine: Engine) -> N
     db.upgrade(engine)
 
 
+def test_0005_adds_the_history_indexes_and_downgrades_without_them(engine: Engine) -> None:
+    added = {"job_runs": {"ix_job_runs_job_status_started", "ix_job_runs_status_started",
+                          "ix_job_runs_started"},
+             "delivery_tokens": {"ix_delivery_tokens_used_at"}}
+
+    def indexes() -> dict[str, set[str]]:
+        inspector = inspect(engine)
+        return {table: {str(i["name"]) for i in inspector.get_indexes(table)} for table in added}
+
+    db.upgrade(engine, "0004")
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(instants(RUN), {"id": "kept", "job": "a", "status": "succeeded",
+                                     "now": now, "until": now})
+    assert all(not (found & added[table]) for table, found in indexes().items())
+    db.upgrade(engine, "0005")
+    assert all(found >= added[table] for table, found in indexes().items())
+    db.downgrade(engine, "0004")
+    assert all(not (found & added[table]) for table, found in indexes().items())
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id FROM job_runs")).scalars().all() == ["kept"]
+    db.upgrade(engine)
+
+
 def test_run_statement_raises_driver_errors_as_sqlalchemy_does(engine: Engine) -> None:
     db.upgrade(engine)
 
@@ -134,7 +158,7 @@ def test_containers_starting_together_migrate_one_after_another(database_url: st
     try:
         with engine.connect() as connection:
             versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
-        assert len(versions) == 1 and versions[0][0].startswith("0004")
+        assert len(versions) == 1 and versions[0][0] == db.head_revision()
         assert "job_runs" in inspect(engine).get_table_names()
     finally:
         engine.dispose()
