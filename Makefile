@@ -7,6 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 BENCH_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/bench
+HISTORY_BENCH_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/bench_history
 
 # QUICK=1: the seconds-long versions CI runs, to keep the benchmarks working.
 ifdef QUICK
@@ -71,6 +72,7 @@ bench: install
 	$(PY) -m bench.payouts_throughput --database-url $(BENCH_DATABASE_URL) $(PAYOUT_BENCH_ARGS)
 	$(PY) -m bench.load.run_load --database both --phases load $(LOAD_ARGS)
 	$(PY) -m bench.load.delivery_cpu --database both $(CPU_ARGS)
+	$(PY) -m bench.history --postgres-url $(HISTORY_BENCH_DATABASE_URL) $(if $(QUICK),--quick,)
 
 # The guarantees (docs/reliability.md): fuzzing, secrets, faults, kill loops, a duplicate storm
 # and memory per worker. With QUICK=1 the tests part runs exactly what `make test` runs.
