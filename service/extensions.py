@@ -15,7 +15,6 @@ from .jobs import Job
 from .notifications import Channel, LogChannel, SmtpChannel
 from .payouts.provider import PayoutProvider
 from .payouts.simulated import SimulatedPayoutProvider
-from .payouts.stripe_provider import StripePayoutProvider
 from .qstash_api import QStashApi
 from .settings import ConfigReport, Settings, validate_qstash_config
 
@@ -75,6 +74,10 @@ def _payout_provider(settings: Settings, jobs: Mapping[str, Job]) -> PayoutProvi
             )
     if settings.payout_provider == "stripe":
         assert settings.stripe_secret_key is not None  # Settings refuses stripe without it
+        # Imported only when configured: the Stripe SDK (and the requests library it loads) is
+        # the heaviest import of the app, and the simulated provider needs neither.
+        from .payouts.stripe_provider import StripePayoutProvider
+
         return StripePayoutProvider(
             api_key=settings.stripe_secret_key,
             api_base=settings.stripe_api_base,
