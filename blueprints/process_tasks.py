@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, delete, literal_column, select
+from sqlalchemy import ColumnElement, Engine, String, delete, literal_column, select
 from sqlalchemy.orm import InstrumentedAttribute
 
 from service.db import utcnow
@@ -43,8 +43,9 @@ def process_tasks(ctx: JobContext) -> Mapping[str, Any]:
         max_attempts=settings.notifier_max_attempts,
     )
     run_cutoff = utcnow() - timedelta(days=settings.retention_job_runs_days)
+    # The literal states the partial index's predicate (ix_job_runs_ended_started).
     pruned_runs = _prune(engine, JobRun.id, JobRun.started_at, run_cutoff,
-                         JobRun.status != "running")
+                         JobRun.status != literal_column("'running'", String))
     # Tokens used this long ago have expired: they can no longer be replayed anyway.
     _prune(engine, DeliveryToken.token_id, DeliveryToken.used_at, run_cutoff)
     pruned_notices = outbox.prune_sent(

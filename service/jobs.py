@@ -538,4 +538,12 @@ def run_history(
     if status:
         query = query.where(JobRun.status == status)
     with sessions() as session:
-        return [run.to_dict() for run in session.scalars(query)]
+        if job or status:
+            return [run.to_dict() for run in session.scalars(query)]
+        # Unfiltered: the newest runs that ended, through the partial index
+        # ix_job_runs_ended_started, and the running ones (one per job at most, through
+        # uq_job_runs_running_job); neither read grows with the history.
+        runs = [*session.scalars(query.where(JobRun.status != _RUNNING)),
+                *session.scalars(select(JobRun).where(JobRun.status == _RUNNING))]
+    runs.sort(key=lambda run: run.started_at, reverse=True)
+    return [run.to_dict() for run in runs[:limit]]

@@ -101,7 +101,7 @@ def test_0004_records_token_ids_and_downgrades_without_them(engine: Engine) -> N
 
 def test_0005_adds_the_history_indexes_and_downgrades_without_them(engine: Engine) -> None:
     added = {"job_runs": {"ix_job_runs_job_status_started", "ix_job_runs_status_started",
-                          "ix_job_runs_started"},
+                          "ix_job_runs_ended_started"},
              "delivery_tokens": {"ix_delivery_tokens_used_at"}}
 
     def indexes() -> dict[str, set[str]]:
