@@ -74,6 +74,14 @@ bench: install
 	$(PY) -m bench.load.delivery_cpu --database both $(CPU_ARGS)
 	$(PY) -m bench.history --postgres-url $(HISTORY_BENCH_DATABASE_URL) $(if $(QUICK),--quick,)
 
+# Side by side with django-qstash (installed into bench/peer/.venv on first use), and start-up.
+.PHONY: bench-peer bench-startup
+bench-peer: install
+	$(PY) -m bench.peer.run --database both $(if $(QUICK),--quick,)
+
+bench-startup: install
+	$(PY) -m bench.startup --database both $(if $(QUICK),--quick,)
+
 # The guarantees (docs/reliability.md): fuzzing, secrets, faults, kill loops, a duplicate storm
 # and memory per worker. With QUICK=1 the tests part runs exactly what `make test` runs.
 reliability: reliability-tests reliability-load
