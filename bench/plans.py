@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sqlite3
 import sys
 import tempfile
 import uuid
@@ -30,8 +31,10 @@ from typing import Any
 import psycopg
 from flask import Flask
 from psycopg import sql
+from psycopg.types.json import Json
 from sqlalchemy import Connection, Engine, event, insert, text, update
 
+from bench.databases import reset_postgres
 from service import create_app, db, extensions, health, jobs
 from service.db import utcnow
 from service.errors import AppError
@@ -63,8 +66,7 @@ class Plan:
 
     def scans(self) -> list[tuple[str, str | None, str]]:
         """(scan kind, index or None, table) for each scan of the plan, outermost first."""
-        if self.lines and self.lines[0].startswith(("SCAN", "SEARCH")) or any(
-                line.strip().startswith(("SCAN ", "SEARCH ")) for line in self.lines):
+        if any(line.startswith(("SCAN ", "SEARCH ")) for line in self.lines):  # SQLite's
             return _sqlite_scans(self.lines)
         return [(kind, index, table) for line in self.lines
                 for kind, index, table in SCAN_RE.findall(line)]
@@ -347,7 +349,7 @@ def _explain_postgres(url: str, statements: Sequence[Statement]) -> list[Plan]:
             types = ", ".join(_pg_type(value) for value in values)
             prepared = f"hot_{number}"
             conn.execute(f"PREPARE {prepared}{f'({types})' if types else ''} AS {query}")
-            arguments = sql.SQL(", ").join(sql.Literal(_pg_value(v)) for v in values)
+            arguments = sql.SQL(", ").join(sql.Literal(v) for v in values)
             explain = sql.SQL("EXPLAIN EXECUTE {}{}").format(
                 sql.Identifier(prepared),
                 sql.SQL("({})").format(arguments) if values else sql.SQL(""))
@@ -372,18 +374,12 @@ def _pg_type(value: Any) -> str:
         return "timestamptz"
     if isinstance(value, list):
         return "unknown[]" if not value else f"{_pg_type(value[0])}[]"
-    if isinstance(value, dict | psycopg.types.json.Json):
+    if isinstance(value, dict | Json):
         return "json"
     return "unknown"  # strings and NULLs: inferred from where they are used
 
 
-def _pg_value(value: Any) -> Any:
-    return value
-
-
 def _explain_sqlite(url: str, statements: Sequence[Statement]) -> list[Plan]:
-    import sqlite3
-
     path = db.parse_database_url(url).database or ""
     plans = []
     with sqlite3.connect(path) as conn:
@@ -434,8 +430,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stale", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    from bench.databases import reset_postgres
-
     with tempfile.TemporaryDirectory(prefix="plans-") as folder:
         url = args.database_url or f"sqlite:///{Path(folder) / 'plans.sqlite3'}"
         setup = (lambda: reset_postgres(url)) if url.startswith("postgres") else None
