@@ -9,9 +9,11 @@ gunicorn with 4 sync workers and the access log on, each on a fresh database of 
 and are driven by wrk at 32 connections, in alternating rounds, with a fresh signed token per
 request. Every 2xx must match a stored row: the service's run, the peer's task result.
 
-Configurations of the service: as shipped (one no-op job: concurrent deliveries find it busy and
-are recorded as skipped) and same work (64 no-op jobs, deliveries spread over them, so each one
-runs a job and stores its outcome, as the peer does). The peer is the same in both.
+Configurations: as shipped (the service's one no-op job: concurrent deliveries find it busy and
+are recorded as skipped; the peer's Django project logging nothing at INFO, as a new project does)
+and same work (64 no-op jobs, deliveries spread over them, so each one runs a job and stores its
+outcome, as the peer does; both log two lines per delivery). The peer opens a database connection
+per request, Django's default, unless --peer-persistent.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class Plan:
     connections: int
     threads: int
     jobs: int  # the same-work configuration's jobs
+    peer_persistent: bool  # the peer keeps its database connections (not Django's default)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -79,7 +82,8 @@ def peer_python() -> Path:
     return python
 
 
-def peer_environment(*, database_url: str, url: str) -> dict[str, str]:
+def peer_environment(*, database_url: str, url: str, logs: bool,
+                     persistent: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(run_load.SETTING_PREFIXES + ("DJANGO_", "PEER_"))}
     env.update({
@@ -87,6 +91,11 @@ def peer_environment(*, database_url: str, url: str) -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "peer_settings",
         "PEER_DATABASE_URL": database_url,
         "PEER_URL": url,
+        # As shipped, a Django project logs nothing at INFO; for the same work, the library's two
+        # lines per delivery, as the service logs two.
+        "PEER_LOGS": "1" if logs else "",
+        # Django's default is a connection per request; --peer-persistent keeps them open.
+        "PEER_PERSISTENT": "1" if persistent else "",
         "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
         "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY,
     })
@@ -204,10 +213,12 @@ def measure(kind: str, plan: Plan, *, postgres_url: str,
         peer_db = fresh(kind, workdir, "peer", peer_postgres_url)
         peer_port = run_load.free_port()
         peer_url = f"http://127.0.0.1:{peer_port}"
-        peer_env = peer_environment(database_url=peer_db, url=peer_url)
-        subprocess.run([str(python), str(PROJECT / "manage.py"), "migrate", "--verbosity", "0"],
-                       env=peer_env, cwd=workdir, check=True)
         for config, jobs in (("as shipped", 1), ("same work", plan.jobs)):
+            peer_env = peer_environment(database_url=peer_db, url=peer_url,
+                                        logs=config == "same work",
+                                        persistent=plan.peer_persistent)
+            subprocess.run([str(python), str(PROJECT / "manage.py"), "migrate", "--verbosity",
+                            "0"], env=peer_env, cwd=workdir, check=True)
             service_db = run_load.prepare_database(kind, workdir=workdir,
                                                    postgres_url=postgres_url)
             port = run_load.free_port()
@@ -271,13 +282,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one short round per side")
     parser.add_argument("--rounds", type=int, help="alternating rounds per side (7; quick 1)")
     parser.add_argument("--duration", type=int, help="seconds per round (20; quick 2)")
+    parser.add_argument("--peer-persistent", action="store_true",
+                        help="let the peer keep its database connections (CONN_MAX_AGE=None); "
+                             "by default it runs as a new Django project does, one per request")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES)
     parser.add_argument("--peer-postgres-url", default=DEFAULT_PEER_POSTGRES)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     plan = Plan(rounds=args.rounds or (1 if args.quick else 7),
                 duration=args.duration or (2 if args.quick else 20), workers=4, connections=32,
-                threads=2, jobs=64)
+                threads=2, jobs=64, peer_persistent=args.peer_persistent)
     kinds = ["sqlite", "postgres"] if args.database == "both" else [args.database]
     results: dict[str, Any] = {}
     try:

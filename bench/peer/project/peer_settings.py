@@ -1,4 +1,8 @@
-"""Django settings of the peer: django-qstash's webhook storing a task result, as its README."""
+"""Django settings of the peer: django-qstash's webhook storing a task result, as its README.
+
+As a new project has them, except where bench/peer/run.py says otherwise: PEER_LOGS turns on the
+library's INFO lines (two per delivery), PEER_PERSISTENT keeps database connections open.
+"""
 
 import os
 
@@ -18,9 +22,12 @@ INSTALLED_APPS = [
 MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
 
 _url = os.environ["PEER_DATABASE_URL"]
+_max_age = None if os.environ.get("PEER_PERSISTENT") else 0  # Django's default: 0
 if _url.startswith("sqlite:///"):
+    # WAL and the busy timeout the service runs SQLite with (a new project has neither: this
+    # favours the peer).
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": _url[10:],
-                             # WAL, as the service runs SQLite, and the same busy timeout.
+                             "CONN_MAX_AGE": _max_age,
                              "OPTIONS": {"timeout": 15, "init_command":
                                          "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}}}
 else:
@@ -30,7 +37,7 @@ else:
     _hostname, _, _port = _host.partition(":")
     DATABASES = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": _name,
                              "USER": _user or "postgres", "HOST": _hostname,
-                             "PORT": _port or "5432", "CONN_MAX_AGE": None}}
+                             "PORT": _port or "5432", "CONN_MAX_AGE": _max_age}}
 
 QSTASH_TOKEN = "bench-token"
 QSTASH_CURRENT_SIGNING_KEY = os.environ["QSTASH_CURRENT_SIGNING_KEY"]
@@ -40,10 +47,12 @@ DJANGO_QSTASH_WEBHOOK_PATH = "/qstash/webhook/"
 # The benchmark talks plain HTTP on loopback; the signature is minted for that URL.
 DJANGO_QSTASH_FORCE_HTTPS = False
 
-# One line per delivery from the library (task_completed), like the service's run lines.
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("PEER_LOG_LEVEL", "INFO")},
-}
+if os.environ.get("PEER_LOGS"):
+    # The library's two lines per delivery (webhook_received, task_completed), as the service
+    # logs two per run.
+    LOGGING = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"console": {"class": "logging.StreamHandler"}},
+        "root": {"handlers": ["console"], "level": "INFO"},
+    }
