@@ -36,6 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from flask import Flask
 from sqlalchemy import Engine, insert
 
 from bench.databases import SetupError
@@ -137,7 +138,7 @@ def deliveries(server: run_load.Server, engine: Engine, plan: Plan) -> dict[str,
     }
 
 
-def takeovers(app: Any, engine: Engine, plan: Plan) -> dict[str, Any]:
+def takeovers(app: Flask, engine: Engine, plan: Plan) -> dict[str, Any]:
     """Median time of a delivery that takes over a run whose worker died (the settle path)."""
     times = []
     for _ in range(plan.takeovers):
@@ -156,7 +157,7 @@ def takeovers(app: Any, engine: Engine, plan: Plan) -> dict[str, Any]:
     return {"takeover_ms": _median_ms(times)}
 
 
-def reports(app: Any, plan: Plan) -> dict[str, Any]:
+def reports(app: Flask, plan: Plan) -> dict[str, Any]:
     """Median times of the health report's job part and of three run history pages."""
     sessions = get_sessions(app)
     registered = {**get_jobs(app), NOOP.name: NOOP}
