@@ -8,6 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 BENCH_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/bench
+HISTORY_BENCH_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/bench_history
 
 # QUICK=1: the seconds-long versions CI runs, to keep the benchmarks working.
 ifdef QUICK
@@ -98,6 +99,15 @@ bench: install bench-setup
 	    $(PAYOUT_LIMIT_ARGS) --provider throttled --provider-limit 25 --max-requests-per-second 25
 	$(PY) -m bench.load.run_load --database both --phases load $(LOAD_ARGS)
 	$(PY) -m bench.load.delivery_cpu --database both $(CPU_ARGS)
+	$(PY) -m bench.history --postgres-url $(HISTORY_BENCH_DATABASE_URL) $(if $(QUICK),--quick,)
+
+# Side by side with django-qstash (installed into bench/peer/.venv on first use), and start-up.
+.PHONY: bench-peer bench-startup
+bench-peer: install
+	$(PY) -m bench.peer.run --database both $(if $(QUICK),--quick,)
+
+bench-startup: install
+	$(PY) -m bench.startup --database both $(if $(QUICK),--quick,)
 
 # The guarantees (docs/reliability.md): fuzzing, secrets, faults, kill loops, a duplicate storm
 # and memory per worker. With QUICK=1 the tests part runs exactly what `make test` runs.

@@ -54,6 +54,8 @@ def process_tasks(ctx: JobContext) -> Mapping[str, Any]:
     }
 
 
+
+
 def _share(ctx: JobContext, share: float) -> float:
     """Return the monotonic time by which `share` of the run's remaining budget is spent."""
     return time.monotonic() + max(ctx.time_left(), 0.0) * share

@@ -4,7 +4,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
-from alembic.util.exc import CommandError
 from flask.cli import AppGroup
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,6 +17,9 @@ group = AppGroup("db", help="Manage the database schema.")
 @contextmanager
 def _migration_errors() -> Iterator[None]:
     """Report a migration that cannot run as a one-line error."""
+    # Here, not at the top: every flask command loads this module, few of them migrate.
+    from alembic.util.exc import CommandError
+
     try:
         yield
     except CommandError as exc:

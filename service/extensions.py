@@ -14,7 +14,6 @@ from .errors import ConfigurationError
 from .notifications import Channel, LogChannel, SmtpChannel
 from .payouts.provider import PayoutProvider
 from .payouts.simulated import SimulatedPayoutProvider
-from .payouts.stripe_provider import StripePayoutProvider
 from .qstash.api import QStashApi
 from .runs.jobs import Job
 from .settings import ConfigReport, Settings, validate_qstash_config
@@ -62,6 +61,10 @@ def init_app(app: Flask, settings: Settings, jobs: Mapping[str, Job]) -> None:
 def _payout_provider(settings: Settings) -> PayoutProvider:
     if settings.payout_provider == "stripe":
         assert settings.stripe_secret_key is not None  # Settings refuses stripe without it
+        # Imported only when configured: the Stripe SDK (and the requests library it loads) is
+        # the heaviest import of the app, and the simulated provider needs neither.
+        from .payouts.stripe_provider import StripePayoutProvider
+
         return StripePayoutProvider(
             api_key=settings.stripe_secret_key,
             api_base=settings.stripe_api_base,

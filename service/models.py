@@ -19,6 +19,16 @@ class JobRun(Base):
     __table_args__ = (
         UniqueConstraint("message_id", name="uq_job_runs_message_id"),
         Index("ix_job_runs_job_started", "job", "started_at"),
+        # The health report's last success and the run history's filters walk these newest
+        # first, whatever the history's size.
+        Index("ix_job_runs_job_status_started", "job", "status", "started_at"),
+        Index("ix_job_runs_status_started", "status", "started_at"),
+        # Runs that ended, by start: the unfiltered run history (newest first) and pruning
+        # (oldest first). Partial, so that no plan can walk it in place of the indexes above
+        # to find one job's or one status's runs among all of them.
+        Index("ix_job_runs_ended_started", "started_at",
+              sqlite_where=text("status <> 'running'"),
+              postgresql_where=text("status <> 'running'")),
         # The overlap guard: at most one running run per job, across processes and hosts. A run
         # holds its job until it records an outcome or, if its worker dies, until expires_at.
         Index("uq_job_runs_running_job", "job", unique=True,
@@ -73,6 +83,8 @@ class DeliveryToken(Base):
     """
 
     __tablename__ = "delivery_tokens"
+    # Pruning deletes tokens by age.
+    __table_args__ = (Index("ix_delivery_tokens_used_at", "used_at"),)
 
     token_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     run_id: Mapped[str] = mapped_column(String(32))

@@ -16,10 +16,12 @@ from sqlalchemy import (
     Dialect,
     Engine,
     Row,
+    String,
     Table,
     bindparam,
     exists,
     insert,
+    literal_column,
     select,
     update,
 )
@@ -101,6 +103,10 @@ _FINISH_RUN = (
 _runs = cast(Table, JobRun.__table__)
 _tokens = cast(Table, DeliveryToken.__table__)
 _FIND_RUN = select(_runs).where(_runs.c.message_id == bindparam("message_id"))
+# Written into the SQL, not bound: only then can a generic plan (psycopg prepares a statement
+# after a few executions) use the partial index uq_job_runs_running_job rather than walk the
+# job's whole history through ix_job_runs_job_started.
+_RUNNING = literal_column("'running'", String)
 _TOKEN_SPENT = select(
     exists().where(_runs.c.token_id == bindparam("token_id"))
     | exists().where(_tokens.c.token_id == bindparam("token_id"))
@@ -259,11 +265,11 @@ def _settle(
     # A running run past its lease has lost its worker: it ends as failed and frees the job.
     conn.execute(
         update(_runs)
-        .where(_runs.c.job == job.name, _runs.c.status == "running", _runs.c.expires_at <= now)
+        .where(_runs.c.job == job.name, _runs.c.status == _RUNNING, _runs.c.expires_at <= now)
         .values(status="failed", error=_EXPIRED, finished_at=now)
     )
     holder = conn.execute(
-        select(_runs.c.id).where(_runs.c.job == job.name, _runs.c.status == "running")
+        select(_runs.c.id).where(_runs.c.job == job.name, _runs.c.status == _RUNNING)
     ).first()
     if existing is not None:
         # A failed attempt, or a running one whose worker died: this delivery takes it over.

@@ -128,6 +128,29 @@ def test_0006_keeps_the_row_key_of_every_existing_transfer(engine: Engine) -> No
         assert "idempotency_key" not in {
             c["name"] for c in inspect(conn).get_columns("payment_transfers")}
         assert conn.execute(text("SELECT COUNT(*) FROM payment_transfers")).scalar_one() == 2
+
+
+def test_0005_adds_the_history_indexes_and_downgrades_without_them(engine: Engine) -> None:
+    added = {"job_runs": {"ix_job_runs_job_status_started", "ix_job_runs_status_started",
+                          "ix_job_runs_ended_started"},
+             "delivery_tokens": {"ix_delivery_tokens_used_at"}}
+
+    def indexes() -> dict[str, set[str]]:
+        inspector = inspect(engine)
+        return {table: {str(i["name"]) for i in inspector.get_indexes(table)} for table in added}
+
+    db.upgrade(engine, "0004")
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(instants(RUN), {"id": "kept", "job": "a", "status": "succeeded",
+                                     "now": now, "until": now})
+    assert all(not (found & added[table]) for table, found in indexes().items())
+    db.upgrade(engine, "0005")
+    assert all(found >= added[table] for table, found in indexes().items())
+    db.downgrade(engine, "0004")
+    assert all(not (found & added[table]) for table, found in indexes().items())
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id FROM job_runs")).scalars().all() == ["kept"]
     db.upgrade(engine)
 
 

@@ -16,6 +16,7 @@ from service.models import DeliveryToken, JobRun
 from service.payouts.models import Notification, PaymentTransfer
 from service.payouts.provider import PaymentState, TransferRequest
 from service.payouts.simulated import SimulatedPayoutProvider
+from service.runs import history
 from tests.helpers import (
     AppFactory,
     add_expert,
@@ -241,3 +242,23 @@ def test_pruning_follows_the_retention_settings(make_app: AppFactory, env: dict[
     assert kept >= {"r_new", "r_running"} and "r_old" not in kept
     assert tokens == {"jwt_new"}
     assert {n.dedup_key for n in outbox_rows(app)} == {"sent_new", "failed_old"}
+
+
+def test_pruning_deletes_in_batches_until_nothing_old_is_left(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history, "PRUNE_BATCH", 2)
+    old = utcnow() - timedelta(days=40)
+    with get_sessions(app).begin() as session:
+        for number in range(5):
+            started = old - timedelta(minutes=number)
+            session.add(JobRun(id=f"old{number}", job="process-tasks", trigger="cli",
+                               status="succeeded", retried=0, attempts=1, started_at=started,
+                               expires_at=started))
+            session.add(DeliveryToken(token_id=f"jwt_old{number}", run_id=f"old{number}",
+                                      used_at=started))
+    result = run(app, "process-tasks")
+    assert result["pruned_job_runs"] == 5
+    with get_sessions(app)() as session:
+        assert not set(session.scalars(select(JobRun.id))) & {f"old{n}" for n in range(5)}
+        assert session.scalars(select(DeliveryToken.token_id)).all() == []

@@ -16,8 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-# 0005 (indexes) is written on another branch: re-chain this one after it when both meet.
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
