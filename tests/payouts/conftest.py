@@ -4,11 +4,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from flask.testing import FlaskClient
 
 from devtools.stripe_local import StripeLocal, StripeLocalServer, serve
 from service.payouts.provider import TransferRequest
 from service.payouts.stripe_provider import StripePayoutProvider
-from tests.payouts.helpers import ACCOUNT, API_KEY
+from tests.helpers import AUTH
+from tests.payouts.helpers import ACCOUNT, API_KEY, EXPERT
 
 
 @pytest.fixture
@@ -65,3 +67,10 @@ def make_request() -> Callable[..., TransferRequest]:
         return TransferRequest(**fields)
 
     return make
+
+
+@pytest.fixture
+def expert(client: FlaskClient) -> dict[str, Any]:
+    response = client.put("/api/experts/exp_1", json=EXPERT, headers=AUTH)
+    assert response.status_code == 201
+    return dict(response.get_json())

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -12,10 +13,11 @@ from sqlalchemy import insert, select
 from devtools.stripe_local import StripeLocal, StripeLocalServer
 from service.db import utcnow
 from service.extensions import get_sessions
-from service.payouts.models import PaymentTransfer
+from service.payouts.models import Expert, PaymentTransfer
 from service.payouts.payrun import process_due_transfers
 from service.payouts.policy import PayoutPolicy
-from tests.helpers import AUTH, add_expert, outbox_rows
+from service.payouts.provider import TransferRequest
+from tests.helpers import AUTH, add_expert, outbox_rows, row_count
 
 API_KEY = "sk_test_elevaPayoutsLocal4242"
 
@@ -106,3 +108,26 @@ def assert_paid_exactly_once(app: Flask, server: StripeLocalServer, ids: list[in
     notices = Counter(n.dedup_key for n in outbox_rows(app))
     assert notices == Counter(f"payout_sent:{i}" for i in ids)
     return observed
+
+
+MakeRequest = Callable[..., TransferRequest]  # the make_request fixture
+
+
+EXPERT = {"email": "ana@example.com", "first_name": "Ana", "country": "PT",
+          "stripe_account_id": "acct_1AnaSilva", "payouts_enabled": True}
+
+
+def transfer_body(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "expert_id": "exp_1", "payment_id": "pi_3Pabc123", "charge_id": "ch_3Pabc123",
+        "price": 10_000, "currency": "eur",
+        "session_start_at": "2025-02-21T09:00:00Z", "session_end_at": "2025-02-21T10:00:00Z",
+        "paid_at": "2025-02-20T18:30:00+01:00", "requires_approval": False,
+    }
+    body.update(changes)
+    return body
+
+
+def stored(app: Flask) -> tuple[int, int]:
+    """Count the experts and the transfers in the database."""
+    return row_count(app, Expert), row_count(app, PaymentTransfer)

@@ -4,7 +4,6 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -12,13 +11,11 @@ from service.payouts.provider import (
     PaymentState,
     PayoutProvider,
     PermanentProviderError,
-    TransferRequest,
     TransferResult,
     TransientProviderError,
 )
 from service.payouts.simulated import SimulatedPayoutProvider, simulated_transfer_id
-
-MakeRequest = Callable[..., TransferRequest]
+from tests.payouts.helpers import MakeRequest
 
 
 def test_provider_satisfies_the_protocol() -> None:
