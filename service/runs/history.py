@@ -27,10 +27,11 @@ def run_history(
 ) -> list[dict[str, Any]]:
     """Return the most recent runs, newest first, filtered by job, status, trigger and time."""
     query = select(JobRun).order_by(JobRun.started_at.desc(), JobRun.id)
-    filters = [condition for wanted, condition in (
-        (job, JobRun.job == job), (status, JobRun.status == status),
-        (trigger, JobRun.trigger == trigger), (since, JobRun.started_at >= since),
-        (until, JobRun.started_at < until)) if wanted is not None and wanted != ""]
+    filters = [JobRun.job == job] if job else []
+    filters += [JobRun.status == status] if status else []
+    filters += [JobRun.trigger == trigger] if trigger else []
+    filters += [JobRun.started_at >= since] if since is not None else []
+    filters += [JobRun.started_at < until] if until is not None else []
     with sessions() as session:
         if filters:
             return [run.to_dict() for run in
