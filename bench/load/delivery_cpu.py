@@ -28,7 +28,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
@@ -36,7 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.databases import SetupError
-from bench.load.harness import DEFAULT_POSTGRES_URL, prepare_database, service_environment
+from bench.load.harness import (
+    DEFAULT_POSTGRES_URL,
+    database_kinds,
+    fresh_databases,
+    service_environment,
+)
 from devtools.qstash_local import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY
 from service import create_app, extensions
 from service.db import autocommit
@@ -154,16 +158,15 @@ def main(argv: list[str] | None = None) -> int:
                         default=os.environ.get("LOAD_BENCH_DATABASE_URL", DEFAULT_POSTGRES_URL))
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    kinds = ("sqlite", "postgres") if args.database == "both" else (args.database,)
     results: dict[str, dict[str, float]] = {}
-    for kind in kinds:
-        workdir = Path(tempfile.mkdtemp(prefix=f"delivery-cpu-{kind}-"))
-        try:
-            url = prepare_database(kind, workdir=workdir, postgres_url=args.postgres_url)
-        except SetupError as exc:
-            print(f"cannot set up {kind}: {exc}", file=sys.stderr)
-            return 2
-        results[kind] = measure(url, args.requests, args.rounds, workdir)
+    try:
+        for kind, url, workdir in fresh_databases(database_kinds(args.database),
+                                                  prefix="delivery-cpu",
+                                                  postgres_url=args.postgres_url):
+            results[kind] = measure(url, args.requests, args.rounds, workdir)
+    except SetupError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     print(f"CPU ms per call (median of {args.rounds} × {args.requests}){'':<9}" +
           "".join(f"{kind:>10}" for kind in results))
     for part in PARTS:

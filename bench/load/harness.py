@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -44,6 +45,23 @@ def prepare_database(kind: str, *, workdir: Path, postgres_url: str) -> str:
     finally:
         engine.dispose()
     return url
+
+
+def database_kinds(choice: str) -> tuple[str, ...]:
+    """Return the database kinds a `--database sqlite|postgres|both` choice names."""
+    return ("sqlite", "postgres") if choice == "both" else (choice,)
+
+
+def fresh_databases(kinds: Sequence[str], *, prefix: str,
+                    postgres_url: str) -> Iterator[tuple[str, str, Path]]:
+    """Yield each kind with the URL of a fresh database of it and a new scratch directory."""
+    for kind in kinds:
+        workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-{kind}-"))
+        try:
+            url = prepare_database(kind, workdir=workdir, postgres_url=postgres_url)
+        except SetupError as exc:
+            raise SetupError(f"cannot set up {kind}: {exc}") from exc
+        yield kind, url, workdir
 
 
 def runs_by_status(engine: Engine, prefix: str) -> dict[str, int]:

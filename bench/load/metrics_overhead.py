@@ -18,14 +18,13 @@ import io
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.databases import SetupError
 from bench.load.delivery_cpu import APP_URL, BODY, service
-from bench.load.harness import DEFAULT_POSTGRES_URL, prepare_database
+from bench.load.harness import DEFAULT_POSTGRES_URL, database_kinds, fresh_databases
 from devtools.qstash_local import DEV_CURRENT_SIGNING_KEY
 from service import metrics
 from service.extensions import get_jobs
@@ -104,19 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    kinds = ("sqlite", "postgres") if args.database == "both" else (args.database,)
     results = {}
-    for kind in kinds:
-        workdir = Path(tempfile.mkdtemp(prefix=f"metrics-overhead-{kind}-"))
-        try:
-            url = prepare_database(kind, workdir=workdir, postgres_url=args.postgres_url)
-        except SetupError as exc:
-            print(f"cannot set up {kind}: {exc}", file=sys.stderr)
-            return 2
-        results[kind] = measure(url, args.requests, args.blocks, workdir)
-        found = results[kind]
-        print(f"{kind}: {found['with_metrics_ms']:.3f} ms with metrics, "
-              f"{found['without_ms']:.3f} ms without: {found['overhead_percent']:+.1f} %")
+    try:
+        for kind, url, workdir in fresh_databases(database_kinds(args.database),
+                                                  prefix="metrics-overhead",
+                                                  postgres_url=args.postgres_url):
+            results[kind] = found = measure(url, args.requests, args.blocks, workdir)
+            print(f"{kind}: {found['with_metrics_ms']:.3f} ms with metrics, "
+                  f"{found['without_ms']:.3f} ms without: {found['overhead_percent']:+.1f} %")
+    except SetupError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")
     return 0

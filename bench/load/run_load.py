@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.databases import SetupError
-from bench.load.harness import DEFAULT_POSTGRES_URL, log_problems, prepare_database, serve
+from bench.load.harness import (
+    DEFAULT_POSTGRES_URL,
+    database_kinds,
+    log_problems,
+    prepare_database,
+    serve,
+)
 from bench.load.phases import Plan, load_phase, memory_phase, storm_phase, warm_up
 from bench.load.report import (
     MAX_P99_MS,
@@ -147,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("wrk is not installed: install the Debian package with "
               "`apt-get install -y wrk`", file=sys.stderr)
         return 2
-    kinds = ["sqlite", "postgres"] if args.database == "both" else [args.database]
+    kinds = database_kinds(args.database)
     output: Path = args.output or HERE / ("results-quick.json" if plan.quick else "results.json")
     started = time.time()
     results: dict[str, Any] = {}
