@@ -202,7 +202,7 @@ def session_factory(engine: Engine) -> sessionmaker[Any]:
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
-    from alembic.config import Config
+    from alembic.config import Config  # deferred: see above
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -213,14 +213,14 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply the migrations up to revision."""
-    from alembic import command
+    from alembic import command  # deferred: see above
 
     command.upgrade(alembic_config(engine), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Revert the migrations down to revision."""
-    from alembic import command
+    from alembic import command  # deferred: see above
 
     command.downgrade(alembic_config(engine), revision)
 
@@ -228,13 +228,13 @@ def downgrade(engine: Engine, revision: str) -> None:
 @functools.cache
 def head_revision() -> str | None:
     """Return the latest migration (read once: migrations do not change while serving)."""
-    from alembic.script import ScriptDirectory
+    from alembic.script import ScriptDirectory  # deferred: see above
 
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
+    from alembic.runtime.migration import MigrationContext  # deferred: see above
 
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()

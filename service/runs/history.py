@@ -26,7 +26,7 @@ def run_history(
     offset: int = 0,
 ) -> list[dict[str, Any]]:
     """Return the most recent runs, newest first, filtered by job, status, trigger and time."""
-    query = select(JobRun).order_by(JobRun.started_at.desc(), JobRun.id)
+    query = select(JobRun).order_by(JobRun.started_at.desc())
     filters = [JobRun.job == job] if job else []
     filters += [JobRun.status == status] if status else []
     filters += [JobRun.trigger == trigger] if trigger else []
@@ -41,7 +41,7 @@ def run_history(
         # uq_job_runs_running_job); neither read grows with the history.
         runs = [*session.scalars(query.where(JobRun.status != RUNNING).limit(limit + offset)),
                 *session.scalars(select(JobRun).where(JobRun.status == RUNNING))]
-    runs.sort(key=lambda run: (-run.started_at.timestamp(), run.id))
+    runs.sort(key=lambda run: run.started_at, reverse=True)
     return [run.to_dict() for run in runs[offset:offset + limit]]
 
 
