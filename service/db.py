@@ -140,7 +140,20 @@ def make_engine(url: str, **options: Any) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return _create_engine(parsed, pool_pre_ping=True, **options)
+    engine = _create_engine(parsed, pool_pre_ping=True, **options)
+
+    @event.listens_for(engine, "connect")
+    def postgres_plans(dbapi_connection: Any, _record: Any) -> None:
+        # psycopg prepares a statement after a few executions, and PostgreSQL may then keep one
+        # generic plan for it: one made while a table was small (a Seq Scan of delivery_tokens
+        # in the replay check) stays in use as the table grows until the next ANALYZE, and one
+        # cannot use a partial index whose predicate is a parameter. Planned for each execution,
+        # a statement's plan follows the tables' current size; the parse is still saved.
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET plan_cache_mode = force_custom_plan")
+        dbapi_connection.commit()
+
+    return engine
 
 
 def _create_engine(url: URL, **options: Any) -> Engine:

@@ -193,3 +193,13 @@ def test_containers_starting_together_migrate_one_after_another(database_url: st
         assert "job_runs" in inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_connections_plan_each_execution_for_its_values(engine: Engine) -> None:
+    # A generic plan cached while a table was small would outlive its growth (until ANALYZE).
+    with engine.connect() as conn:
+        assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+        conn.rollback()
+    with engine.connect() as conn:  # the setting survives a rolled-back transaction
+        assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
