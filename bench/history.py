@@ -40,9 +40,10 @@ from flask import Flask
 from sqlalchemy import Engine, insert, text
 
 from bench.databases import SetupError
+from bench.fill import fill_history, set_statistics
 from bench.load import harness, phases, wrk
 from bench.load.report import machine_facts
-from bench.plans import fill_history, noop, run, set_statistics
+from bench.plans import noop, run
 from service import create_app, db, extensions, health
 from service.db import utcnow
 from service.extensions import get_engine, get_jobs, get_sessions
