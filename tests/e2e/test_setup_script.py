@@ -53,7 +53,8 @@ def machine(tmp_path: Path) -> Machine:
 
 
 def test_make_test_sets_up_before_anything_runs() -> None:
-    planned = subprocess.run(["make", "--no-print-directory", "-n", "test"], cwd=ROOT, capture_output=True, text=True,
+    planned = subprocess.run(["make", "--no-print-directory", "-n", "test"], cwd=ROOT,
+                             capture_output=True, text=True,
                              check=True).stdout.splitlines()
     assert planned[0] == "scripts/setup-test-tools.sh"
     assert planned[1].startswith("scripts/setup-test-tools.sh ")
