@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine, TextClause, bindparam, inspect, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from service import db
 from service.db import utcnow
@@ -203,3 +203,39 @@ def test_postgres_connections_plan_each_execution_for_its_values(engine: Engine)
         conn.rollback()
     with engine.connect() as conn:  # the setting survives a rolled-back transaction
         assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+
+
+def _cut_connection(engine: Engine) -> int:
+    """Terminate the server side of the pool's one connection, as a database restart would."""
+    with engine.connect() as conn:
+        pid = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        conn.rollback()
+    other = db.make_engine(engine.url.render_as_string(hide_password=False))
+    try:
+        with other.connect() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+            conn.commit()
+    finally:
+        other.dispose()
+    return pid
+
+
+@pytest.mark.postgres
+def test_a_connection_idle_past_the_threshold_is_checked_and_replaced(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    cut = _cut_connection(engine)
+    monkeypatch.setattr(db, "PING_AFTER_IDLE", 0.0)  # every pooled connection counts as idle
+    with engine.connect() as conn:  # the ping finds it gone: the pool hands out a new one
+        assert int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one()) != cut
+
+
+@pytest.mark.postgres
+def test_a_connection_used_moments_ago_goes_out_unchecked_and_a_lost_one_is_replaced(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(db, "PING_AFTER_IDLE", 3600.0)  # nothing counts as idle: no ping
+    cut = _cut_connection(engine)
+    with engine.connect() as conn, pytest.raises(OperationalError) as caught:
+        db.run_statement(conn, "SELECT 1", {})  # the hot path's first statement finds it gone
+    assert caught.value.connection_invalidated
+    with engine.connect() as conn:  # and the next checkout has a working connection
+        assert int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one()) != cut
