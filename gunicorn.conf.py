@@ -11,7 +11,8 @@ workers = int(os.environ.get("GUNICORN_WORKERS") or min(multiprocessing.cpu_coun
 # Threads, not one process per request: a thread takes a connection only once it has sent
 # something, and reading a request may take REQUEST_READ_TIMEOUT seconds at most, so idle or
 # slow clients cannot hold every worker (service/gunicorn_worker.py).
-worker_class = thread_worker(read_timeout=float(os.environ.get("REQUEST_READ_TIMEOUT", "10")))
+worker_class = thread_worker(read_timeout=float(os.environ.get("REQUEST_READ_TIMEOUT", "10")),
+                             app_slots=int(os.environ.get("GUNICORN_APP_SLOTS", "4")))
 threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 keepalive = 5  # seconds a connection may wait idle, before a request or between two
 # A worker must outlive the longest job: QStash cuts a delivery at the job's timeout.

@@ -136,7 +136,9 @@ class Attackers:
 def test_idle_and_slow_connections_do_not_take_the_service_down(
     app: Flask, env: dict[str, str], tmp_path: Path
 ) -> None:
-    with gunicorn(env, tmp_path, REQUEST_READ_TIMEOUT="2") as server:
+    # One application slot per worker: a slow sender that held one while its body trickled
+    # in would stop its worker.
+    with gunicorn(env, tmp_path, REQUEST_READ_TIMEOUT="2", GUNICORN_APP_SLOTS="1") as server:
         attackers = Attackers(server.port)
         attackers.start()
         try:
@@ -228,6 +230,56 @@ def test_a_job_outlasts_the_read_timeout_and_a_stop_lets_it_finish(
         server.process.wait(timeout=30)
     [answer] = answers
     assert (answer.status_code, answer.json()["status"]) == (200, "succeeded")
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_the_application_runs_in_at_most_its_slots_at_once(
+    app: Flask, env: dict[str, str], tmp_path: Path, slots: int
+) -> None:
+    marker = tmp_path / "marker"
+    body = job_body("probe", marker=str(marker), sleep=1.5)
+    headers = delivery_headers(body, target="/api/cron/probe", message_id="msg_slot")
+    finished: list[str] = []
+    with gunicorn(env, tmp_path, app="tests.probe_wsgi:app", GUNICORN_WORKERS="1",
+                  GUNICORN_APP_SLOTS=str(slots)) as server:
+        def deliver() -> None:
+            answer = requests.post(server.url + "/api/qstash", data=body, headers=headers,
+                                   timeout=30)
+            finished.append(f"delivery {answer.status_code}")
+
+        delivery = threading.Thread(target=deliver)
+        delivery.start()
+        deadline = time.monotonic() + 20
+        while not marker.exists() and time.monotonic() < deadline:  # the job holds a slot
+            time.sleep(0.02)
+        health = requests.get(server.url + "/healthz", timeout=30)
+        finished.append(f"health {health.status_code}")
+        delivery.join(timeout=30)
+    # With one slot the health check waits for the job's; with two it is answered meanwhile.
+    assert finished == (["delivery 200", "health 200"] if slots == 1
+                        else ["health 200", "delivery 200"])
+
+
+def test_a_client_that_expects_100_continue_is_told_to_send_its_body(
+    app: Flask, env: dict[str, str], tmp_path: Path
+) -> None:
+    body = job_body("process-tasks")
+    headers = {**delivery_headers(body, message_id="msg_expect"), "Host": "x",
+               "Content-Length": str(len(body)), "Expect": "100-continue"}
+    head = "POST /api/qstash HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with gunicorn(env, tmp_path) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head.encode() + b"Connection: close\r\n\r\n")
+        go_on = sock.recv(1024)  # before the body: the worker reads it ahead of the app
+        sock.sendall(body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert go_on == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert b'"status":"succeeded"' in answer.replace(b" ", b"")
+    assert [(r["message_id"], r["status"]) for r in run_history(get_sessions(app))] == [
+        ("msg_expect", "succeeded")]
 
 
 # -- 2. a chunked body over MAX_BODY_BYTES -----------------------------------------------------
