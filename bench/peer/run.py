@@ -48,7 +48,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 PROJECT = HERE / "project"
 VENV = HERE / ".venv"
-LUA_SCRIPT = HERE / "deliveries.lua"
 PEER_REQUIREMENTS = ("django-qstash==0.8.1", "django>=5.2,<5.3", "gunicorn>=23,<28",
                      "psycopg[binary]>=3.2,<4")
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/bench_history_service"
@@ -154,23 +153,10 @@ def peer_command(python: Path, plan: Plan, port: int) -> list[str]:
 def wrk_round(*, url: str, path: str, body: bytes, targets: Sequence[str], tag: str,
               plan: Plan) -> wrk.WrkResult:
     """One wrk run of verified deliveries, each with its own token and message id."""
-    deliveries = wrk.Deliveries(url=url + path, body=body, target="", run=tag,
-                                     lifetime=MAX_LIFETIME)
-    env = dict(os.environ)
-    with tempfile.TemporaryDirectory(prefix="peer-tokens-") as folder:
-        env.update(wrk.mint_tokens(deliveries, count=plan.duration * wrk.MAX_DELIVERY_RATE,
-                                   threads=plan.threads, folder=Path(folder)))
-        env.update({"BENCH_PATH": path, "BENCH_TARGETS": " ".join(targets)})
-        command = ["wrk", f"-t{plan.threads}", f"-c{plan.connections}", f"-d{plan.duration}s",
-                   "--timeout", "5s", "--latency", "-s", str(LUA_SCRIPT), url]
-        done = subprocess.run(command, env=env, capture_output=True, text=True,
-                              timeout=plan.duration + 60, check=False)
-    if done.returncode != 0:
-        raise SetupError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    result = wrk.parse_wrk(done.stdout)
-    if result.script and result.script.get("exhausted"):
-        raise SetupError("wrk used up its tokens; raise MAX_DELIVERY_RATE")
-    return result
+    deliveries = wrk.Deliveries(url=url + path, path=path, body=body, targets=tuple(targets),
+                                run=tag, lifetime=MAX_LIFETIME)
+    return wrk.run_wrk(url, duration=plan.duration, connections=plan.connections,
+                       threads=plan.threads, deliveries=deliveries)
 
 
 def peer_rows(database_url: str, tag: str) -> int:
