@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +68,6 @@ class Plan:
     threads: int
     jobs: int  # the same-work configuration's jobs
     peer_persistent: bool  # the peer keeps its database connections (not Django's default)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 def peer_python() -> Path:
@@ -293,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     facts["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     matched = all(c["every_2xx_matched"] for r in results.values() for c in r.values())
-    report = {"machine": facts, "plan": plan.to_dict(), "results": results, "passed": matched}
+    report = {"machine": facts, "plan": asdict(plan), "results": results, "passed": matched}
     output: Path = args.output or HERE / ("results-quick.json" if args.quick else "results.json")
     output.write_text(json.dumps(report, indent=2) + "\n")
     print("\ndatabase | configuration | service/s | peer/s | ratio | service skipped")
