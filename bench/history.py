@@ -31,7 +31,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -70,9 +70,6 @@ class Plan:
     warmup: int
     takeovers: int
     reports: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 
@@ -285,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {"mode": "quick" if plan.quick else "full",
               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
               "seconds": round(time.time() - started, 1), "machine": facts,
-              "plan": plan.to_dict(), "results": rows, "checks": found, "passed": passed}
+              "plan": asdict(plan), "results": rows, "checks": found, "passed": passed}
     output.write_text(json.dumps(report, indent=2) + "\n")
     print_table(rows)
     for check in found:

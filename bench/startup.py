@@ -36,14 +36,7 @@ import requests
 from bench.databases import SetupError, reset_postgres
 from bench.load.report import machine_facts
 from devtools.gunicorn import free_port
-from devtools.qstash_local import (
-    DEV_CURRENT_SIGNING_KEY,
-    DEV_NEXT_SIGNING_KEY,
-    DEV_TOKEN,
-    LocalQStash,
-    LocalQStashConfig,
-    serve,
-)
+from devtools.qstash_local import LocalQStash, LocalQStashConfig, client_settings, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/bench_history_startup"
@@ -67,10 +60,7 @@ def environment(*, database_url: str, qstash_url: str, port: int) -> dict[str, s
         "APP_ENV": "development",
         "APP_URL": f"http://127.0.0.1:{port}",
         "DATABASE_URL": database_url,
-        "QSTASH_URL": qstash_url,
-        "QSTASH_TOKEN": DEV_TOKEN,
-        "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
-        "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY,
+        **client_settings(qstash_url),
         "LOG_FORMAT": "json",
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": str(WORKERS),

@@ -24,12 +24,11 @@ import requests
 from blueprints import BLUEPRINTS
 from devtools.gunicorn import GunicornError, running_gunicorn
 from devtools.qstash_local import (
-    DEV_CURRENT_SIGNING_KEY,
-    DEV_NEXT_SIGNING_KEY,
     DEV_TOKEN,
     LocalQStash,
     LocalQStashConfig,
     RunningServer,
+    client_settings,
     serve,
 )
 from service.qstash.delivery import job_registry
@@ -72,10 +71,7 @@ def stack_env(base: Mapping[str, str], *, app_url: str, qstash_url: str) -> dict
     env = dict(base)
     env.update({
         "APP_URL": app_url,
-        "QSTASH_URL": qstash_url,
-        "QSTASH_TOKEN": DEV_TOKEN,
-        "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
-        "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY,
+        **client_settings(qstash_url),
         "FLASK_APP": "wsgi",
     })
     env.setdefault("ADMIN_API_TOKEN", "dev-" + secrets.token_urlsafe(16))

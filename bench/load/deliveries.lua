@@ -1,4 +1,5 @@
--- wrk script: verified QStash deliveries to POST /api/qstash, each with its own message id.
+-- wrk script: verified QStash deliveries, each with its own message id, for the load benchmark
+-- (bench/load/run_load.py) and both sides of the peer benchmark (bench/peer/run.py).
 --
 -- Every request carries a token of its own, as QStash's are (the service refuses a token that
 -- was already used), and a fresh Upstash-Message-Id (<run>-<thread>-<counter>). wrk.py
@@ -6,7 +7,9 @@
 -- come from the environment:
 --   BENCH_TOKENS      path prefix of the token files: thread N reads <prefix>-N (required)
 --   BENCH_BODY        the exact body the tokens were minted for (required)
---   BENCH_TARGET      X-Qstash-Target-Url, e.g. /api/cron/noop (required)
+--   BENCH_PATH        the request path, e.g. /api/qstash or /qstash/webhook/ (required)
+--   BENCH_TARGETS     space-separated X-Qstash-Target-Url values used in turn, e.g.
+--                     /api/cron/noop; empty: no such header
 --   BENCH_RUN         message id prefix, unique per run (required)
 --
 -- done() prints one line "BENCH_RESULT {json}" with the counters of every thread; "exhausted"
@@ -22,7 +25,7 @@ end
 local function required(name)
    local value = os.getenv(name)
    if value == nil or value == "" then
-      error(name .. " is not set; run this script through bench/load/run_load.py")
+      error(name .. " is not set; run this script through bench/load/wrk.py")
    end
    return value
 end
@@ -35,9 +38,13 @@ function init(args)
    if #tokens == 0 then
       error("no tokens for thread " .. thread_id)
    end
+   targets = {}
+   for target in string.gmatch(os.getenv("BENCH_TARGETS") or "", "%S+") do
+      table.insert(targets, target)
+   end
    exhausted = 0
    body = required("BENCH_BODY")
-   target = required("BENCH_TARGET")
+   path = required("BENCH_PATH")
    run_tag = required("BENCH_RUN")
    counter = 0
    sent = 0
@@ -59,11 +66,15 @@ function request()
       ["Upstash-Signature"] = token,
       ["Upstash-Message-Id"] = string.format("%s-%d-%d", run_tag, thread_id, counter),
       ["Upstash-Retried"] = "0",
-      ["X-Qstash-Target-Url"] = target,
       ["Content-Type"] = "application/json",
       ["User-Agent"] = "Upstash-QStash",
    }
-   return wrk.format("POST", "/api/qstash", headers, body)
+   if #targets > 0 then
+      -- The two threads walk opposite halves of the jobs, so that they do not meet on one.
+      local offset = (thread_id - 1) * math.floor(#targets / 2)
+      headers["X-Qstash-Target-Url"] = targets[((counter + offset) % #targets) + 1]
+   end
+   return wrk.format("POST", path, headers, body)
 end
 
 function response(status, headers, body)

@@ -37,9 +37,6 @@ class Plan:
     storm_concurrency: int
     storm_hold: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
 
 @dataclass(frozen=True, kw_only=True)
 class Check:

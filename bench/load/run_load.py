@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1),
         "machine": facts,
-        "plan": plan.to_dict(),
+        "plan": asdict(plan),
         "targets": {"min_throughput_ratio": MIN_THROUGHPUT_RATIO, "max_p99_ms": MAX_P99_MS,
                     "max_rss_growth_mb": MAX_RSS_GROWTH_MB},
         "results": results,

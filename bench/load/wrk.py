@@ -80,11 +80,12 @@ def parse_wrk(output: str) -> WrkResult:
 
 @dataclass(frozen=True, kw_only=True)
 class Deliveries:
-    """What deliveries.lua sends: a signed body to the receiver, each with its own message id."""
+    """What deliveries.lua sends: a signed body to a receiver, each with its own message id."""
 
-    url: str  # the URL the tokens are signed for: APP_URL + /api/qstash
+    url: str  # the URL the tokens are signed for: the receiver's public URL + path
+    path: str  # the receiver's path, e.g. /api/qstash
     body: bytes
-    target: str
+    targets: tuple[str, ...]  # X-Qstash-Target-Url values used in turn; empty: no such header
     run: str  # message id prefix, unique per wrk run
     lifetime: int  # seconds each token stays valid
 
@@ -132,15 +133,16 @@ def mint_tokens(deliveries: Deliveries, *, count: int, threads: int,
     return {
         "BENCH_TOKENS": str(folder / "tokens"),
         "BENCH_BODY": deliveries.body.decode(),
-        "BENCH_TARGET": deliveries.target,
+        "BENCH_PATH": deliveries.path,
+        "BENCH_TARGETS": " ".join(deliveries.targets),
         "BENCH_RUN": deliveries.run,
     }
 
 
 def delivery_settings(server: Server, *, run: str, lifetime: int) -> Deliveries:
     """Deliveries of the no-op job to this server, tagged with the run's message id prefix."""
-    return Deliveries(url=server.app_url + "/api/qstash", body=b"{}",
-                      target=f"/api/cron/{NOOP_JOB}", run=run, lifetime=lifetime)
+    return Deliveries(url=server.app_url + "/api/qstash", path="/api/qstash", body=b"{}",
+                      targets=(f"/api/cron/{NOOP_JOB}",), run=run, lifetime=lifetime)
 
 
 def new_tag(letter: str) -> str:

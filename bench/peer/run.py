@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 PROJECT = HERE / "project"
 VENV = HERE / ".venv"
-LUA_SCRIPT = HERE / "deliveries.lua"
 PEER_REQUIREMENTS = ("django-qstash==0.8.1", "django>=5.2,<5.3", "gunicorn>=23,<28",
                      "psycopg[binary]>=3.2,<4")
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/bench_history_service"
@@ -69,9 +68,6 @@ class Plan:
     threads: int
     jobs: int  # the same-work configuration's jobs
     peer_persistent: bool  # the peer keeps its database connections (not Django's default)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 def peer_python() -> Path:
@@ -154,23 +150,10 @@ def peer_command(python: Path, plan: Plan, port: int) -> list[str]:
 def wrk_round(*, url: str, path: str, body: bytes, targets: Sequence[str], tag: str,
               plan: Plan) -> wrk.WrkResult:
     """One wrk run of verified deliveries, each with its own token and message id."""
-    deliveries = wrk.Deliveries(url=url + path, body=body, target="", run=tag,
-                                     lifetime=MAX_LIFETIME)
-    env = dict(os.environ)
-    with tempfile.TemporaryDirectory(prefix="peer-tokens-") as folder:
-        env.update(wrk.mint_tokens(deliveries, count=plan.duration * wrk.MAX_DELIVERY_RATE,
-                                   threads=plan.threads, folder=Path(folder)))
-        env.update({"BENCH_PATH": path, "BENCH_TARGETS": " ".join(targets)})
-        command = ["wrk", f"-t{plan.threads}", f"-c{plan.connections}", f"-d{plan.duration}s",
-                   "--timeout", "5s", "--latency", "-s", str(LUA_SCRIPT), url]
-        done = subprocess.run(command, env=env, capture_output=True, text=True,
-                              timeout=plan.duration + 60, check=False)
-    if done.returncode != 0:
-        raise SetupError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    result = wrk.parse_wrk(done.stdout)
-    if result.script and result.script.get("exhausted"):
-        raise SetupError("wrk used up its tokens; raise MAX_DELIVERY_RATE")
-    return result
+    deliveries = wrk.Deliveries(url=url + path, path=path, body=body, targets=tuple(targets),
+                                run=tag, lifetime=MAX_LIFETIME)
+    return wrk.run_wrk(url, duration=plan.duration, connections=plan.connections,
+                       threads=plan.threads, deliveries=deliveries)
 
 
 def peer_rows(database_url: str, tag: str) -> int:
@@ -307,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     facts["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     matched = all(c["every_2xx_matched"] for r in results.values() for c in r.values())
-    report = {"machine": facts, "plan": plan.to_dict(), "results": results, "passed": matched}
+    report = {"machine": facts, "plan": asdict(plan), "results": results, "passed": matched}
     output: Path = args.output or HERE / ("results-quick.json" if args.quick else "results.json")
     output.write_text(json.dumps(report, indent=2) + "\n")
     print("\ndatabase | configuration | service/s | peer/s | ratio | service skipped")

@@ -1,6 +1,12 @@
 from __future__ import annotations
 
-from .config import DEV_CURRENT_SIGNING_KEY, DEV_NEXT_SIGNING_KEY, DEV_TOKEN, LocalQStashConfig
+from .config import (
+    DEV_CURRENT_SIGNING_KEY,
+    DEV_NEXT_SIGNING_KEY,
+    DEV_TOKEN,
+    LocalQStashConfig,
+    client_settings,
+)
 from .core import ApiFailure, LocalQStash
 from .models import DeliveryAttempt, DlqEntry, Message, PublishResult, Schedule, ScheduleState
 from .parsing import ApiError
@@ -21,6 +27,7 @@ __all__ = [
     "RunningServer",
     "Schedule",
     "ScheduleState",
+    "client_settings",
     "serve",
     "serve_wsgi",
 ]

@@ -9,6 +9,17 @@ DEV_TOKEN = "eyJVc2VySUQiOiJkZWZhdWx0VXNlciIsIlBhc3N3b3JkIjoiZGVmYXVsdFBhc3N3b3J
 DEV_CURRENT_SIGNING_KEY = "sig_7kYjw48mhY7kAjqNGcy6cr29RJ6r"
 DEV_NEXT_SIGNING_KEY = "sig_5ZB6DVzB1wjE8S6rZ7eenA8Pdnhs"
 
+
+def client_settings(url: str) -> dict[str, str]:
+    """Return the settings that point a client (the service, an SDK) at a local server."""
+    return {
+        "QSTASH_URL": url,
+        "QSTASH_TOKEN": DEV_TOKEN,
+        "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
+        "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY,
+    }
+
+
 Plan = Literal["free", "payg"]
 MB = 1024 * 1024
 DAY = 86400

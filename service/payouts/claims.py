@@ -25,7 +25,7 @@ from service.db import rowcount
 
 from .models import Expert, PaymentTransfer
 from .rules import PENDING, PROCESSING
-from .sql import AnyRow, AnySelect, after_key, is_, is_postgresql
+from .sql import AnyRow, AnySelect, after_key, claim_by_ids, is_, is_postgresql
 
 log = logging.getLogger("eleva.payouts")
 
@@ -83,13 +83,7 @@ def claim_query(phase: str, now: datetime, after: tuple[datetime, int] | None,
     return after_key(query, after, PaymentTransfer.scheduled_transfer_at, PaymentTransfer.id)
 
 
-_CLAIM = (
-    update(PaymentTransfer)
-    .where(PaymentTransfer.id.in_(bindparam("ids", expanding=True)),
-           is_(PaymentTransfer.status, PENDING))
-    .values(status=PROCESSING, claimed_by=bindparam("run"), claimed_at=bindparam("now"),
-            updated_at=bindparam("now"))
-)
+_CLAIM = claim_by_ids(PaymentTransfer, waiting=PENDING, claimed=PROCESSING)
 
 
 def update_held() -> Update:

@@ -16,7 +16,7 @@ from service.notifications import Channel, DeliveryError, Notice
 
 from .models import Notification
 from .pool import WorkerPool
-from .sql import insert_ignoring_conflicts, is_, is_postgresql
+from .sql import claim_by_ids, insert_ignoring_conflicts, is_, is_postgresql
 
 log = logging.getLogger("eleva.payouts.outbox")
 
@@ -88,13 +88,7 @@ class _Claimed:
     notice: Notice
 
 
-_CLAIM = (
-    update(Notification)
-    .where(Notification.id.in_(bindparam("ids", expanding=True)),
-           is_(Notification.status, PENDING))
-    .values(status=SENDING, claimed_by=bindparam("run"), claimed_at=bindparam("now"),
-            updated_at=bindparam("now"))
-)
+_CLAIM = claim_by_ids(Notification, waiting=PENDING, claimed=SENDING)
 _SENT = (
     update(Notification)
     .where(Notification.id == bindparam("nid"), is_(Notification.status, SENDING),

@@ -3,7 +3,18 @@ from __future__ import annotations
 import re
 from typing import Any, TypeAlias, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Row, Select, String, literal_column, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Select,
+    String,
+    Update,
+    bindparam,
+    literal_column,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -28,6 +39,16 @@ def is_(column: InstrumentedAttribute[str], status: str) -> ColumnElement[bool]:
 def after_key(query: SelectT, after: tuple[Any, ...] | None, *key: Any) -> SelectT:
     """Continue a scan in `key` order past the last key it saw (`after`), if any."""
     return query if after is None else query.where(tuple_(*key) > tuple_(*after))
+
+
+def claim_by_ids(model: Any, *, waiting: str, claimed: str) -> Update:
+    """Start the UPDATE that moves rows `ids` still `waiting` to `claimed` by run `run` at `now`."""
+    return (
+        update(model)
+        .where(model.id.in_(bindparam("ids", expanding=True)), is_(model.status, waiting))
+        .values(status=claimed, claimed_by=bindparam("run"), claimed_at=bindparam("now"),
+                updated_at=bindparam("now"))
+    )
 
 
 def insert_ignoring_conflicts(connection: Connection, table: Any, values: dict[str, Any]) -> bool:

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import requests
@@ -93,6 +97,28 @@ def stats(server: StripeLocalServer) -> dict[str, Any]:
     response.raise_for_status()
     data: dict[str, Any] = response.json()
     return data
+
+
+def kill_paying_worker(env: dict[str, str], run_id: str, server: StripeLocalServer, *,
+                       transfers: int, then: float = 0.0, poll: float, message: str) -> BaseProcess:
+    """Pay in a fresh process; SIGKILL it once the provider has made `transfers` transfers.
+
+    Waits `then` seconds more before the kill; a worker that ends first is not killed. Returns
+    the process, ended and joined.
+    """
+    worker = multiprocessing.get_context("spawn").Process(target=pay_in_fresh_process,
+                                                          args=(env, run_id, 0.0))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while stats(server)["transfers"] < transfers and worker.is_alive():
+        assert time.monotonic() < deadline, message
+        time.sleep(poll)
+    time.sleep(then)
+    if worker.is_alive():
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGKILL)
+    worker.join()
+    return worker
 
 
 def assert_paid_exactly_once(app: Flask, server: StripeLocalServer, ids: list[int],

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
 import time
 from collections import Counter
@@ -13,10 +12,10 @@ from devtools.stripe_local import StripeLocal, StripeLocalServer
 from tests.helpers import AppFactory, age_claims
 from tests.payouts.helpers import (
     assert_paid_exactly_once,
+    kill_paying_worker,
     pay_in_fresh_process,
     run,
     seed_due,
-    stats,
     stripe_env,
     transfer_outcomes,
 )
@@ -59,17 +58,9 @@ def test_a_worker_killed_mid_run_loses_nothing_and_pays_nothing_twice(
     app = make_app(worker_env)
     ids = seed_due(app, 200)
 
-    context = multiprocessing.get_context("spawn")
-    worker = context.Process(target=pay_in_fresh_process, args=(worker_env, "doomed", 0.0))
-    worker.start()
-    deadline = time.monotonic() + 60
-    while stats(stripe_server)["transfers"] < 40:
-        assert time.monotonic() < deadline and worker.is_alive(), "the worker made no progress"
-        time.sleep(0.02)
-    assert worker.pid is not None
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.join()
-    assert worker.exitcode == -signal.SIGKILL
+    worker = kill_paying_worker(worker_env, "doomed", stripe_server, transfers=40, poll=0.02,
+                                message="the worker made no progress")
+    assert worker.exitcode == -signal.SIGKILL, "the worker ended before it was killed"
     time.sleep(0.3)  # requests the worker had sent are still being answered
 
     before = Counter(status for status, _ in transfer_outcomes(app).values())

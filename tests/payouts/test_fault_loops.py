@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import multiprocessing
 import os
 import random
 import signal
@@ -18,7 +17,7 @@ from service.payouts.models import PaymentTransfer
 from tests.helpers import AppFactory, age_claims
 from tests.payouts.helpers import (
     assert_paid_exactly_once,
-    pay_in_fresh_process,
+    kill_paying_worker,
     run,
     seed_due,
     stats,
@@ -41,25 +40,16 @@ def test_workers_killed_at_random_points_again_and_again_lose_and_double_nothing
     worker_env = {**stripe_env(env, stripe_server), "PAYOUT_CONCURRENCY": "8"}
     app = make_app(worker_env)
     ids = seed_due(app, 60 * KILL_ROUNDS)
-    context = multiprocessing.get_context("spawn")
     kills = 0
     for round_number in range(KILL_ROUNDS):
         made = stats(stripe_server)["transfers"]
-        worker = context.Process(target=pay_in_fresh_process,
-                                 args=(worker_env, f"doomed{round_number}", 0.0))
-        worker.start()
         # A random point: after a random number of new transfers, plus a random moment.
-        target = made + rng.randint(1, 40)
-        deadline = time.monotonic() + 60
-        while stats(stripe_server)["transfers"] < target and worker.is_alive():
-            assert time.monotonic() < deadline, f"no progress (seed {KILL_SEED})"
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.05))
-        if worker.is_alive():
-            assert worker.pid is not None
-            os.kill(worker.pid, signal.SIGKILL)
+        worker = kill_paying_worker(worker_env, f"doomed{round_number}", stripe_server,
+                                    transfers=made + rng.randint(1, 40),
+                                    then=rng.uniform(0, 0.05), poll=0.005,
+                                    message=f"no progress (seed {KILL_SEED})")
+        if worker.exitcode == -signal.SIGKILL:
             kills += 1
-        worker.join()
         time.sleep(0.2)  # requests the worker had sent are still being answered
         age_claims(app)
         maintenance = run(app, "process-tasks")

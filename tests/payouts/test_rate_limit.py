@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 import stripe
 
+from devtools.payout_providers import ThrottledProvider
 from devtools.stripe_local import StripeLocal, StripeLocalServer
 from service.extensions import get_engine
 from service.payouts.payrun import process_due_transfers
@@ -25,7 +26,6 @@ from service.payouts.ratelimit import (
     RateLimiter,
     rate_limited,
 )
-from service.payouts.simulated import simulated_transfer_id
 from service.payouts.stripe_provider import StripePayoutProvider
 from service.settings import Settings
 from tests.helpers import AppFactory, add_expert, add_transfer, load_transfer, outbox_rows
@@ -237,43 +237,6 @@ def test_a_429_pauses_the_run_instead_of_backing_rows_off(
     assert [n.kind for n in outbox_rows(app)] == ["payout_sent"] * 3
 
 
-class Throttled:
-    """A provider that answers 429 above `limit` calls per second, as Stripe's token bucket."""
-
-    name = "throttled"
-
-    def __init__(self, *, limit: float, latency: float) -> None:
-        self.limit = limit
-        self.latency = latency
-        self.refused = 0
-        self.paid = 0
-        self._tokens = limit
-        self._at = time.monotonic()
-        self._lock = threading.Lock()
-
-    def create_transfer(self, request: TransferRequest) -> TransferResult:
-        with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self.limit, self._tokens + (now - self._at) * self.limit)
-            self._at = now
-            if self._tokens < 1:
-                self.refused += 1
-                raise TransientProviderError("over the limit", code="rate_limited",
-                                             http_status=429)
-            self._tokens -= 1
-        time.sleep(self.latency)
-        with self._lock:
-            self.paid += 1
-        return TransferResult(provider_transfer_id=simulated_transfer_id(request.idempotency_key),
-                              amount=request.amount, currency=request.currency)
-
-    def find_transfer(self, *, transfer_id: str, transfer_group: str) -> TransferResult | None:
-        return None
-
-    def payment_state(self, payment_id: str) -> PaymentState:
-        return PaymentState(payment_id=payment_id, refunded=False, disputed=False)
-
-
 def test_a_run_at_the_providers_limit_draws_no_429(make_app: AppFactory,
                                                    env: dict[str, str]) -> None:
     app = make_app(env)
@@ -281,7 +244,7 @@ def test_a_run_at_the_providers_limit_draws_no_429(make_app: AppFactory,
     for _ in range(40):
         add_transfer(app)
     # 16 workers at 20 ms could make 800 calls a second; the provider takes 20.
-    provider = Throttled(limit=20, latency=0.02)
+    provider = ThrottledProvider(latency=0.02, limit=20)
     policy = PayoutPolicy(env="development", concurrency=16, max_requests_per_second=20)
     started = time.monotonic()
     report = process_due_transfers(get_engine(app), provider, policy, run_id="limited",
@@ -298,7 +261,7 @@ def test_without_the_limit_the_same_run_draws_429s_but_fails_no_row(
     app = make_app(env)
     add_expert(app)
     ids = [add_transfer(app, due=-timedelta(minutes=i + 1)) for i in range(40)]
-    provider = Throttled(limit=20, latency=0.02)
+    provider = ThrottledProvider(latency=0.02, limit=20)
     policy = PayoutPolicy(env="development", concurrency=16)  # no limit of its own
     report = process_due_transfers(get_engine(app), provider, policy, run_id="unlimited",
                                    deadline=time.monotonic() + 120)

@@ -101,11 +101,17 @@ def test_different_keys_create_different_transfers(
     assert stripe_local.stats()["transfers_by_metadata_transfer_id"] == {"1": 1, "2": 1}
 
 
-def test_sdk_retries_a_server_error_with_the_same_key(
-    make_provider: MakeProvider, stripe_local: StripeLocal, make_request: MakeRequest
+@pytest.mark.parametrize("fault", [
+    pytest.param(lambda local: local.fail_next(500), id="server error"),
+    # The transfer was made; the retry replays it.
+    pytest.param(lambda local: local.drop_next(after_processing=True), id="lost response"),
+])
+def test_sdk_retries_with_the_same_key_and_one_transfer_is_made(
+    make_provider: MakeProvider, stripe_local: StripeLocal, make_request: MakeRequest,
+    fault: Callable[[StripeLocal], None],
 ) -> None:
     provider = make_provider(max_network_retries=2)
-    stripe_local.fail_next(500)
+    fault(stripe_local)
 
     result = provider.create_transfer(make_request("9"))
 
@@ -130,19 +136,6 @@ def test_an_error_stripe_stored_under_the_key_is_answered_again_as_a_replay(
 
     assert [(e.code, e.replayed, e.outcome_unknown) for e in errors] == [
         ("balance_insufficient", False, False), ("balance_insufficient", True, False)]
-    [transfer] = stripe_local.transfers
-    assert result.provider_transfer_id == transfer["id"]
-
-
-def test_sdk_retry_after_a_lost_response_replays_the_transfer(
-    make_provider: MakeProvider, stripe_local: StripeLocal, make_request: MakeRequest
-) -> None:
-    provider = make_provider(max_network_retries=2)
-    stripe_local.drop_next(after_processing=True)
-
-    result = provider.create_transfer(make_request("9"))
-
-    assert transfer_posts(stripe_local) == ["test:transfer:9", "test:transfer:9"]
     [transfer] = stripe_local.transfers
     assert result.provider_transfer_id == transfer["id"]
 

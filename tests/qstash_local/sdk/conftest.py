@@ -8,11 +8,7 @@ from typing import Any
 
 import pytest
 
-from devtools.qstash_local import (
-    DEV_CURRENT_SIGNING_KEY,
-    DEV_NEXT_SIGNING_KEY,
-    DEV_TOKEN,
-)
+from devtools.qstash_local import client_settings
 from tests.qstash_local.helpers import Stack
 from tests.qstash_local.sdk.helpers import JS_DIR, JsCall
 
@@ -27,13 +23,7 @@ def js(qs: Stack) -> JsCall:
     node = shutil.which("node")
     if node is None or not (JS_DIR / "node_modules" / "@upstash" / "qstash").is_dir():
         pytest.fail("the JavaScript SDK is not installed: run `make js-deps` (needs Node 20+)")
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "QSTASH_URL": qs.server.url,
-        "QSTASH_TOKEN": DEV_TOKEN,
-        "QSTASH_CURRENT_SIGNING_KEY": DEV_CURRENT_SIGNING_KEY,
-        "QSTASH_NEXT_SIGNING_KEY": DEV_NEXT_SIGNING_KEY,
-    }
+    env = {"PATH": os.environ.get("PATH", ""), **client_settings(qs.server.url)}
 
     def call(operation: str, *args: Any) -> Any:
         done = subprocess.run(
