@@ -75,25 +75,23 @@ def run_job(
 # would.
 # A running run is the job's lease: the unique index uq_job_runs_running_job admits one running
 # run per job, so claiming the message and the job is one INSERT, and recording the outcome
-# releases the job. Each hot-path statement is its own transaction (autocommit): one round trip
-# on PostgreSQL, and SQLite's writer lock is held only while the statement runs.
-# Both also do nothing when the request's token was already used (a replay): its id is then
-# in job_runs (uq_job_runs_token_id) or in delivery_tokens.
+# releases the job. The same INSERT records a delivery that finds the job held by a live run as
+# not run, so a busy job also costs one statement. Each hot-path statement is its own
+# transaction (autocommit): one round trip on PostgreSQL, and SQLite's writer lock is held only
+# while the statement runs. Both do nothing when the request's token was already used (a
+# replay): its id is then in job_runs (uq_job_runs_token_id) or in delivery_tokens.
 _UNSPENT = " NOT EXISTS (SELECT 1 FROM delivery_tokens WHERE token_id = :token_id)"
-_CLAIM_RUN = (  # nothing when the message already has a run or the job has a running run
-    "INSERT INTO job_runs (id, message_id, job, schedule_id, retried, attempts, trigger,"
-    " status, started_at, expires_at, token_id)"
-    " SELECT :run_id, :message_id, :job, :schedule_id, :retried, 1, :trigger,"
-    " 'running', :now, :expires, CAST(:token_id AS VARCHAR(128))"
-    " WHERE" + _UNSPENT + " ON CONFLICT DO NOTHING RETURNING id"
-)
-_BLOCK_RUN = (  # a new message for a job whose running run has not expired: ends unrun
+_START_RUN = (  # the message's run: running if the job is free, else ended unrun (blocked)
     "INSERT INTO job_runs (id, message_id, job, schedule_id, retried, attempts, trigger,"
     " status, started_at, expires_at, finished_at, duration_ms, error, token_id)"
-    " SELECT :run_id, :message_id, job, :schedule_id, :retried, 1, :trigger,"
-    " :status, :now, :now, :now, 0, :error, CAST(:token_id AS VARCHAR(128))"
-    " FROM job_runs WHERE job = :job AND status = 'running' AND expires_at > :now"
-    " AND" + _UNSPENT + " ON CONFLICT DO NOTHING RETURNING id"
+    " SELECT :run_id, :message_id, :job, :schedule_id, :retried, 1, :trigger,"
+    " CASE WHEN held THEN :status ELSE 'running' END, :now,"
+    " CASE WHEN held THEN :now ELSE :expires END, CASE WHEN held THEN :now END,"
+    " CASE WHEN held THEN 0 END, CASE WHEN held THEN :error END,"
+    " CAST(:token_id AS VARCHAR(128))"
+    " FROM (SELECT EXISTS (SELECT 1 FROM job_runs WHERE job = :job AND status = 'running'"
+    " AND expires_at > :now) AS held) AS job_state"
+    " WHERE" + _UNSPENT + " ON CONFLICT DO NOTHING RETURNING status"
 )
 _FINISH_RUN = (
     "UPDATE job_runs SET status = :status, result = :result, error = :error,"
@@ -120,8 +118,7 @@ _EXPIRED = "expired: no outcome was recorded before the run's lease ended; a lat
 class _RunSql:
     """The hot-path statements and value conversions for one database driver."""
 
-    claim_run: str
-    block_run: str
+    start_run: str
     finish_run: str
     instant: Callable[[datetime | None], Any]
     json: Callable[[Mapping[str, Any] | None], Any]
@@ -138,8 +135,7 @@ class _RunSql:
         else:
             raise RuntimeError(f"no run record SQL for the {dialect.name} driver {dialect.driver}")
         return cls(
-            claim_run=style(_CLAIM_RUN),
-            block_run=style(_BLOCK_RUN),
+            start_run=style(_START_RUN),
             finish_run=style(_FINISH_RUN),
             instant=_processor(_runs.c.started_at.type, dialect),
             json=_processor(_runs.c.result.type, dialect),
@@ -181,13 +177,13 @@ def _start(conn: Connection, job: Job, delivery: Delivery) -> tuple[str, int] | 
                   "trigger": delivery.trigger, "now": sql.instant(now),
                   "expires": sql.instant(now + job.lease_duration),
                   "token_id": delivery.token_id}
-        if run_statement(conn, sql.claim_run, params)[0]:
-            return run_id, 1
-        if run_statement(conn, sql.block_run, {
-                **params, "status": _blocked_status(job), "error": _busy(job)})[0]:
-            return _blocked(job, run_id)
-        # The message already has a run, the job's running run has expired, the job was freed
-        # between the two statements, or the request is a replay: settle it in one transaction.
+        rows = run_statement(conn, sql.start_run, {
+            **params, "status": _blocked_status(job), "error": _busy(job)})[0]
+        if rows:
+            return (run_id, 1) if rows[0][0] == "running" else _blocked(job, run_id)
+        # The message already has a run, the job's running run has expired, a concurrent
+        # delivery took the job meanwhile, or the request is a replay: settle it in one
+        # transaction.
         try:
             with conn.engine.begin() as transaction:
                 claim = _settle(transaction, job, delivery, run_id, now)
