@@ -19,8 +19,11 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from flask import Flask
 
 from bench.databases import SetupError
 from bench.load.delivery_cpu import APP_URL, BODY, service
@@ -39,6 +42,26 @@ class _Nothing:
         pass
 
 
+def metrics_switch(app: Flask) -> Callable[[bool], None]:
+    """Return a switch that turns the app's metrics off (the delivery hook removed and every
+    recording call made a no-op) and on again."""
+    hooks = app.after_request_funcs[None]
+    hook = next(f for f in hooks if f.__name__ == "count_delivery")
+    child = metrics._child
+
+    def switch(on: bool) -> None:
+        if on:
+            metrics._child = child
+            if hook not in hooks:
+                hooks.append(hook)
+        else:
+            metrics._child = lambda *labels: _Nothing()  # type: ignore[assignment]
+            if hook in hooks:
+                hooks.remove(hook)
+
+    return switch
+
+
 def measure(database_url: str, count: int, blocks: int, workdir: Path) -> dict[str, float]:
     tokens = [sign_claims(qstash_claims(url=APP_URL + "/api/qstash", body=BODY),
                           DEV_CURRENT_SIGNING_KEY) for _ in range(count * blocks * 2 + 200)]
@@ -46,9 +69,7 @@ def measure(database_url: str, count: int, blocks: int, workdir: Path) -> dict[s
     with service(database_url, workdir / "service.log") as app:
         job = get_jobs(app)["noop"]
         tag = f"{time.time_ns()}"
-        hooks = app.after_request_funcs[None]
-        hook = next(f for f in hooks if f.__name__ == "count_delivery")
-        child = metrics._child
+        switch = metrics_switch(app)
 
         def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
             statuses.add(status)
@@ -64,15 +85,6 @@ def measure(database_url: str, count: int, blocks: int, workdir: Path) -> dict[s
                 "HTTP_UPSTASH_RETRIED": "0", "HTTP_X_QSTASH_TARGET_URL": job.path,
             }
             b"".join(app(environ, start_response))
-
-        def switch(on: bool) -> None:
-            if on:
-                metrics._child = child
-                if hook not in hooks:
-                    hooks.append(hook)
-            else:
-                metrics._child = lambda *labels: _Nothing()  # type: ignore[assignment]
-                hooks.remove(hook)
 
         for i in range(200):
             deliver(-1 - i)

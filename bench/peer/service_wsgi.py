@@ -27,3 +27,7 @@ app = create_app(blueprints=(*BLUEPRINTS, *(
     JobBlueprint(Job(name=f"noop-{n}", cron="*/5 * * * *", description="Peer benchmark: no-op.",
                      handler=noop, timeout=60), __name__)
     for n in range(JOBS))))
+if os.environ.get("BENCH_METRICS") == "off":  # the metrics off: bench.load.variants
+    from bench.load.metrics_overhead import metrics_switch
+
+    metrics_switch(app)(False)
