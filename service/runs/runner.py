@@ -82,16 +82,17 @@ def run_job(
 # replay): its id is then in job_runs (uq_job_runs_token_id) or in delivery_tokens.
 _UNSPENT = " NOT EXISTS (SELECT 1 FROM delivery_tokens WHERE token_id = :token_id)"
 _START_RUN = (  # the message's run: running if the job is free, else ended unrun (blocked)
-    "INSERT INTO job_runs (id, message_id, job, schedule_id, retried, attempts, trigger,"
+    # MATERIALIZED: looked up once, where PostgreSQL would otherwise inline it at each use.
+    "WITH job_state AS MATERIALIZED (SELECT EXISTS (SELECT 1 FROM job_runs WHERE job = :job"
+    " AND status = 'running' AND expires_at > :now) AS held)"
+    " INSERT INTO job_runs (id, message_id, job, schedule_id, retried, attempts, trigger,"
     " status, started_at, expires_at, finished_at, duration_ms, error, token_id)"
     " SELECT :run_id, :message_id, :job, :schedule_id, :retried, 1, :trigger,"
     " CASE WHEN held THEN :status ELSE 'running' END, :now,"
     " CASE WHEN held THEN :now ELSE :expires END, CASE WHEN held THEN :now END,"
     " CASE WHEN held THEN 0 END, CASE WHEN held THEN :error END,"
     " CAST(:token_id AS VARCHAR(128))"
-    " FROM (SELECT EXISTS (SELECT 1 FROM job_runs WHERE job = :job AND status = 'running'"
-    " AND expires_at > :now) AS held) AS job_state"
-    " WHERE" + _UNSPENT + " ON CONFLICT DO NOTHING RETURNING status"
+    " FROM job_state WHERE" + _UNSPENT + " ON CONFLICT DO NOTHING RETURNING status"
 )
 _FINISH_RUN = (
     "UPDATE job_runs SET status = :status, result = :result, error = :error,"
