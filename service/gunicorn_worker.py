@@ -12,6 +12,8 @@ from gunicorn.http.body import Body
 from gunicorn.http.errors import ParseException
 from gunicorn.workers import gthread
 
+from .settings import DEFAULT_MAX_BODY_BYTES
+
 
 class RequestTimedOut(ConnectionResetError):
     """The client did not send its request (headers and body) within the read timeout."""
@@ -107,15 +109,15 @@ class BoundedThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
     - The application runs in at most `app_slots` of the worker's threads at a time, each
       request once its body has arrived (up to `read_ahead` bytes): threads wait for clients,
       slots run Python. Python runs one thread of a process at a time; more requests at once
-      only take turns, and each turn costs a switch (32 at once served 25 % fewer deliveries
-      per second than 4, see docs/benchmarks.md).
+      only take turns, and each turn costs a switch (32 slots served about a sixth fewer
+      deliveries per second than 4, see docs/benchmarks.md).
     - A request gunicorn cannot parse is answered without quoting it back (a header line
       without a colon may hold a credential).
     """
 
     read_timeout = 10.0
     app_slots = 4
-    read_ahead = 1024 * 1024 + 1  # MAX_BODY_BYTES's default, and a byte to tell it is over
+    read_ahead = DEFAULT_MAX_BODY_BYTES + 1  # and a byte to tell it is over
 
     def init_process(self) -> None:
         # A queue of slots, not a threading.Semaphore: its wait and wake-up run in C, where the

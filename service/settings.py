@@ -23,6 +23,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PAYOUT_PROVIDERS: tuple[PayoutProviderName, ...] = ("stripe", "simulated")
 NOTIFIERS: tuple[NotifierName, ...] = ("log", "smtp")
 MAX_PAYOUT_CONCURRENCY = 64
+# Bodies above this are refused (413) unless MAX_BODY_BYTES says otherwise.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 # Stripe allows an account 100 requests per second in live mode and 25 in test mode, and (its
 # current rate-limit page) 25 per second on any one endpoint unless stated; the rest of the
 # platform (checkouts, webhook follow-ups, the dashboard) shares them. A payout run takes a
@@ -54,7 +56,7 @@ class Settings:
     service_name: str = "eleva-jobs"
     log_level: str = "INFO"
     log_format: LogFormat = "json"
-    max_body_bytes: int = 1024 * 1024
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     job_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Payouts: the provider, how hard to push it, and the ledger's rules.
     payout_provider: PayoutProviderName = "simulated"
@@ -230,7 +232,7 @@ class Settings:
             service_name=service_name,
             log_level=choice("LOG_LEVEL", LOG_LEVELS, "INFO"),
             log_format=choice("LOG_FORMAT", LOG_FORMATS, "json"),
-            max_body_bytes=integer("MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            max_body_bytes=integer("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024),
             job_env={k: v for k, v in env.items() if k.startswith("JOB_")},
             payout_provider=payout_provider,
             stripe_secret_key=stripe_secret_key,
