@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-import httpx
 from flask import g
 from prometheus_client import (
     CollectorRegistry,
@@ -15,7 +14,6 @@ from prometheus_client import (
     Gauge,
     Histogram,
 )
-from qstash.errors import QStashError, RateLimitExceededError
 
 from ..notifications import DeliveryError
 from ..payouts.provider import ProviderError
@@ -165,6 +163,10 @@ def qstash_call(what: str, call: Callable[[], T]) -> T:
 
 
 def _qstash_outcome(exc: Exception) -> str:
+    # Loaded already: only a QStash call, made through the SDK, gets here (service/qstash/api.py).
+    import httpx
+    from qstash.errors import QStashError, RateLimitExceededError
+
     if isinstance(exc, RateLimitExceededError):
         return "rate_limited"
     if isinstance(exc, QStashError):

@@ -2,18 +2,19 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
-
-import httpx
-from qstash import QStash
-from qstash.errors import QStashError, RateLimitExceededError
+from typing import TYPE_CHECKING, TypeVar
 
 from .. import metrics
 from ..redaction import redact_url
 from .messages import CONTENT_TYPE, JobMessage
 from .schedules import DesiredSchedule, RemoteSchedule, remote_from_sdk
+
+if TYPE_CHECKING:
+    from qstash import QStash
+    from qstash.errors import QStashError
 
 log = logging.getLogger("eleva.qstash")
 T = TypeVar("T")
@@ -50,16 +51,36 @@ class QStashApi:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.base_url = base_url or DEFAULT_BASE_URL
-        self.client = QStash(token, retry=False, base_url=self.base_url)
-        # The SDK waits up to 600 s per call; nothing here may hang that long.
-        self.client.http._client.timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
+        self._token = token
+        self.timeout = timeout
+        self._client: QStash | None = None
+        self._lock = threading.Lock()
         self.attempts = attempts
         self.max_wait = max_wait
         self.sleep = sleep or (lambda seconds: wait(seconds))
         self.clock = clock
 
+    @property
+    def client(self) -> QStash:
+        """The SDK's client, built by the first call that needs it."""
+        with self._lock:
+            if self._client is None:
+                # Deferred: the SDK and httpx cost about 60 ms of import in every process, and
+                # most (gunicorn's workers serving deliveries) never call QStash.
+                import httpx
+                from qstash import QStash
+
+                client = QStash(self._token, retry=False, base_url=self.base_url)
+                # The SDK waits up to 600 s per call; nothing here may hang that long.
+                client.http._client.timeout = httpx.Timeout(self.timeout,
+                                                            connect=min(self.timeout, 5.0))
+                self._client = client
+            return self._client
+
     def close(self) -> None:
-        self.client.http._client.close()
+        with self._lock:
+            if self._client is not None:
+                self._client.http._client.close()
 
     def __repr__(self) -> str:
         return f"QStashApi(base_url={redact_url(self.base_url)!r})"
@@ -105,6 +126,10 @@ class QStashApi:
         return str(response.message_id)  # type: ignore[union-attr]
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        # Loaded already: fn uses self.client, which imports them (see there).
+        import httpx
+        from qstash.errors import QStashError, RateLimitExceededError
+
         started = self.clock()
         for attempt in range(1, self.attempts + 1):
             try:
