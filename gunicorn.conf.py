@@ -27,6 +27,9 @@ errorlog = "-"
 logger_class = "service.gunicorn_logging.ScrubbingLogger"  # secrets out of gunicorn's lines too
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# No gunicornc control socket (add workers, reload, stop): the service is run by its own
+# commands and the container's signals, and nothing is written under the home directory.
+control_socket_disable = True
 
 
 # Prometheus multiprocess mode (service/metrics/): every worker writes its metric values to

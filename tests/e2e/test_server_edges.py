@@ -353,3 +353,19 @@ def test_gunicorn_lines_and_error_pages_carry_no_secret(
     assert all('"GET /api/transfers HTTP/1.1"' in line for line in access), access
     assert all(" - - [" in line for line in access), access  # no user field
     assert "Invalid HTTP Header" in output  # gunicorn's warning is there, scrubbed
+
+
+# -- 4. no control socket ----------------------------------------------------------------------
+
+def test_gunicorn_opens_no_control_socket(env: dict[str, str], tmp_path: Path) -> None:
+    # gunicorn (25+) would listen on $XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl
+    # for `gunicornc` (add workers, reload, stop): a way around the service's own operations.
+    home, runtime = tmp_path / "home", tmp_path / "run"
+    home.mkdir()
+    runtime.mkdir()
+    with gunicorn(env, tmp_path, HOME=str(home), XDG_RUNTIME_DIR=str(runtime)) as server:
+        assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+        time.sleep(1.0)  # the master opens it after booting its workers
+        created = sorted(str(p.relative_to(tmp_path)) for p in (*home.rglob("*"),
+                                                                 *runtime.rglob("*")))
+    assert created == []
