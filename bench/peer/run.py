@@ -5,8 +5,9 @@
 The peer (django-qstash 0.8.1 on Django 5.2, its webhook verifying each delivery with the
 official SDK and storing a task result) is installed into a virtual environment of its own,
 bench/peer/.venv, on first use; its Django project is bench/peer/project. Both sides run under
-gunicorn with 4 sync workers and the access log on, each on a fresh database of the same kind,
-and are driven by wrk at 32 connections, in alternating rounds, with a fresh signed token per
+gunicorn with 4 workers and the access log on (the service with its own gunicorn.conf.py, threaded
+workers as it ships; the peer with sync workers, gunicorn's default), each on a fresh database of
+the same kind, and are driven by wrk at 32 connections, in alternating rounds, with a fresh signed token per
 request. Every 2xx must match a stored row: the service's run, the peer's task result.
 
 Configurations: as shipped (the service's one no-op job: concurrent deliveries find it busy and
