@@ -94,7 +94,10 @@ def machine_facts(postgres_url: str | None) -> dict[str, Any]:
         "wrk": (wrk.stdout + wrk.stderr).splitlines()[0].strip(),
     }
     if postgres_url:
-        conninfo = make_url(db.normalise_url(postgres_url)).set(drivername="postgresql")
+        # The server's version, from its maintenance database: the benchmark's own may not
+        # exist yet (bench/databases.py creates it).
+        conninfo = make_url(db.normalise_url(postgres_url)).set(drivername="postgresql",
+                                                                 database="postgres")
         try:
             with psycopg.connect(conninfo.render_as_string(hide_password=False),
                                  connect_timeout=5) as conn:
