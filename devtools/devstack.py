@@ -167,10 +167,18 @@ def print_runs(runs: Mapping[str, Mapping[str, Any]], jobs: Sequence[str]) -> No
               f"{summary or run['error'] or ''}")
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.devstack", description=__doc__)
     parser.add_argument("mode", choices=("run", "demo"))
     args = parser.parse_args(argv)
+    # Ctrl-C and SIGTERM both stop the stack's servers on the way out, also when it was started
+    # where SIGINT is ignored (a script's background job) or is stopped by a process manager.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, _stop)
     host = "127.0.0.1"
     port = pick_port(host, int(os.environ.get("PORT", "8000")), "the service")
     qstash_port = pick_port(host, int(os.environ.get("QSTASH_DEV_PORT", "8080")),
