@@ -7,8 +7,8 @@ official SDK and storing a task result) is installed into a virtual environment 
 bench/peer/.venv, on first use; its Django project is bench/peer/project. Both sides run under
 gunicorn with 4 workers and the access log on (the service with its own gunicorn.conf.py, threaded
 workers as it ships; the peer with sync workers, gunicorn's default), each on a fresh database of
-the same kind, and are driven by wrk at 32 connections, in alternating rounds, with a fresh signed token per
-request. Every 2xx must match a stored row: the service's run, the peer's task result.
+the same kind, and are driven by wrk at 32 connections, in alternating rounds, with a fresh signed
+token per request. Every 2xx must match a stored row: the service's run, the peer's task result.
 
 Configurations: as shipped (the service's one no-op job: concurrent deliveries find it busy and
 are recorded as skipped; the peer's Django project logging nothing at INFO, as a new project does)
