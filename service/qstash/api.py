@@ -126,7 +126,7 @@ class QStashApi:
         return str(response.message_id)  # type: ignore[union-attr]
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        # Loaded already: fn uses self.client, which imports them (see there).
+        # Deferred as in `client`: every call goes on to build it, which loads them anyway.
         import httpx
         from qstash.errors import QStashError, RateLimitExceededError
 
