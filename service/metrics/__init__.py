@@ -17,6 +17,7 @@ from prometheus_client import (
 
 from ..notifications import DeliveryError
 from ..payouts.provider import ProviderError
+from ..qstash.protocol import sdk_error_status
 
 if TYPE_CHECKING:
     from ..notifications import Channel, Notice
@@ -77,7 +78,6 @@ LAST_IN_SYNC = Gauge(
 OTHER = "other"
 REASON_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 CURRENCY_RE = re.compile(r"[a-z]{3}")
-HTTP_STATUS_RE = re.compile(r"status: (\d{3})")
 NOTICE_KINDS = frozenset({"upcoming_payout", "payout_sent", "payout_failed"})
 CHANNELS = frozenset({"log", "smtp"})
 QSTASH_OPERATIONS = {"list": "list_schedules", "upsert": "upsert_schedule",
@@ -170,17 +170,11 @@ def _qstash_outcome(exc: Exception) -> str:
     if isinstance(exc, RateLimitExceededError):
         return "rate_limited"
     if isinstance(exc, QStashError):
-        status = _http_status(exc)
+        status = sdk_error_status(exc)
         return "server_error" if status is None or status >= 500 else "refused"
     if isinstance(exc, httpx.HTTPError):
         return "unreachable"
     return "error"
-
-
-def _http_status(exc: Exception) -> int | None:
-    # The SDK says the status only in its message (as service/qstash_api.py reads it).
-    match = HTTP_STATUS_RE.search(str(exc))
-    return int(match.group(1)) if match else None
 
 
 class InstrumentedProvider:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING, TypeVar
 from .. import metrics
 from ..redaction import redact_url
 from .messages import CONTENT_TYPE, JobMessage
+from .protocol import sdk_error_status
 from .schedules import DesiredSchedule, RemoteSchedule, remote_from_sdk
 
 if TYPE_CHECKING:
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("eleva.qstash")
 T = TypeVar("T")
-STATUS_RE = re.compile(r"status: (\d{3})")
 DEFAULT_BASE_URL = "https://qstash.upstash.io"
 
 
@@ -139,7 +138,7 @@ class QStashApi:
                 failure = QStashApiError(f"{what}: QStash rate limit", code="rate_limited",
                                          status=429)
             except QStashError as exc:
-                status = _status(exc)
+                status = sdk_error_status(exc)
                 if status in (401, 403):
                     raise QStashApiError(
                         f"{what}: QStash refused the token (HTTP {status}); check QSTASH_TOKEN "
@@ -177,11 +176,6 @@ class QStashApi:
 def wait(seconds: float) -> None:
     """Sleep between retries (looked up at call time, so tests can record the waits)."""
     time.sleep(seconds)
-
-
-def _status(exc: QStashError) -> int | None:
-    match = STATUS_RE.search(str(exc))
-    return int(match.group(1)) if match else None
 
 
 def _describe(exc: QStashError) -> str:
