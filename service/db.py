@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+# SQLite never shrinks its write-ahead log by itself: a burst of writes while readers are active
+# (a load spike, a large import) leaves the file at its peak size. Each time the log starts over,
+# a longer file is cut back to this.
+SQLITE_WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes
 # The run record's statements use INSERT ... RETURNING (service/runs/runner.py).
 SQLITE_MIN_VERSION = (3, 35, 0)
 # Execution option: statements on this SQLite connection run without BEGIN (see autocommit).
@@ -132,6 +136,7 @@ def make_engine(url: str, **options: Any) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA journal_size_limit={SQLITE_WAL_SIZE_LIMIT}")
             cursor.close()
 
         @event.listens_for(engine, "begin")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, TextClause, bindparam, inspect, text
@@ -173,6 +174,32 @@ def test_run_statement_raises_driver_errors_as_sqlalchemy_does(engine: Engine) -
     # Each statement committed on its own: another connection sees the first run.
     with engine.connect() as other:
         assert other.execute(text("SELECT id FROM job_runs")).scalars().all() == ["r1"]
+
+
+def test_sqlite_cuts_its_write_ahead_log_back_after_a_burst(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limit = 1024 * 1024
+    monkeypatch.setattr(db, "SQLITE_WAL_SIZE_LIMIT", limit)
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'burst.sqlite3'}")
+    wal = tmp_path / "burst.sqlite3-wal"
+    try:
+        with engine.begin() as conn:  # one transaction of about 6 MB: the log grows past it
+            conn.execute(text("CREATE TABLE burst (data BLOB)"))
+            for _ in range(1500):
+                conn.execute(text("INSERT INTO burst VALUES (randomblob(4000))"))
+        assert wal.stat().st_size > 4 * limit
+        with db.autocommit(engine.connect()) as conn:  # not in a transaction
+            busy, _, _ = conn.execute(text("PRAGMA wal_checkpoint(PASSIVE)")).one()
+            assert busy == 0
+        for statement in ("DELETE FROM burst", "INSERT INTO burst VALUES (1)"):
+            with engine.begin() as conn:  # the log starts over, and is cut back
+                conn.execute(text(statement))
+        assert 0 < wal.stat().st_size <= limit
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM burst")).scalar_one() == 1
+    finally:
+        engine.dispose()
 
 
 def test_containers_starting_together_migrate_one_after_another(database_url: str) -> None:
