@@ -26,13 +26,18 @@ class Gunicorn:
 
     process: subprocess.Popen[bytes]
     url: str
+    port: int
     log_path: Path | None
 
-    def log_tail(self, chars: int = 3000) -> str:
-        """Return the end of the server's log, or "" when it writes to the terminal."""
+    def log(self) -> str:
+        """Return the server's log so far, or "" when it writes to the terminal."""
         if self.log_path is None or not self.log_path.exists():
             return ""
-        return self.log_path.read_text(errors="replace")[-chars:]
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """Return the end of the server's log."""
+        return self.log()[-chars:]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -72,7 +77,7 @@ def running_gunicorn(
             cwd=cwd, env={**env, "GUNICORN_BIND": f"{host}:{port}"},
             stdout=log, stderr=subprocess.STDOUT if log is not None else None,
         )
-        server = Gunicorn(process=process, url=url, log_path=log_path)
+        server = Gunicorn(process=process, url=url, port=port, log_path=log_path)
         try:
             _wait_until_ready(server, ready_path=ready_path, ready=ready, timeout=timeout)
             yield server
@@ -86,7 +91,8 @@ def _wait_until_ready(server: Gunicorn, *, ready_path: str,
     with requests.Session() as http:
         while True:
             try:
-                answered = http.get(server.url + ready_path, timeout=1).status_code == 200
+                answered = http.get(server.url + ready_path, timeout=1,
+                                    headers={"Connection": "close"}).status_code == 200
             except requests.RequestException:
                 answered = False  # not listening yet, or a worker still booting on a busy machine
             if answered and (ready is None or ready(server)):

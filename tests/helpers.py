@@ -106,7 +106,8 @@ def wait_until_live(url: str, process: subprocess.Popen[bytes], log: Path | None
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if requests.get(url + "/healthz", timeout=1).status_code == 200:
+            if requests.get(url + "/healthz", timeout=1,
+                            headers={"Connection": "close"}).status_code == 200:
                 return
         except (requests.ConnectionError, requests.Timeout):
             pass  # not listening yet, or a worker still booting on a busy machine

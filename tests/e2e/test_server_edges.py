@@ -5,66 +5,39 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 from flask import Flask
 
+from devtools.gunicorn import Gunicorn, running_gunicorn
 from service.extensions import get_sessions
 from service.runs.history import run_history
 from tests.helpers import (
     ADMIN_TOKEN,
     APP_URL,
     CURRENT_KEY,
-    ROOT,
     delivery_headers,
     free_port,
     job_body,
-    wait_until_live,
 )
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Server:
-    url: str
-    port: int
-    log: Path
-    process: subprocess.Popen[bytes]
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @contextlib.contextmanager
 def gunicorn(env: dict[str, str], tmp_path: Path, *, app: str = "wsgi:app",
-             **extra: str) -> Iterator[Server]:
-    """Run the real service under gunicorn.conf.py on loopback; stdout and stderr to a file."""
+             **extra: str) -> Iterator[Gunicorn]:
+    """Run the real service under gunicorn.conf.py on loopback, 2 workers, its log in a file."""
     port = free_port()
-    path = tmp_path / f"gunicorn-{port}.log"
-    with path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app],
-            cwd=ROOT,
-            env={**os.environ, **env, "GUNICORN_BIND": f"127.0.0.1:{port}",
-                 "GUNICORN_WORKERS": "2", **extra},
-            stdout=log, stderr=log,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_live(url, process, path)
-            yield Server(url=url, port=port, log=path, process=process)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
+    with running_gunicorn(app, port=port, log_path=tmp_path / f"gunicorn-{port}.log",
+                          env={**os.environ, **env, "GUNICORN_WORKERS": "2", **extra},
+                          stop_timeout=60) as server:
+        yield server
 
 
 def raw_exchange(port: int, data: bytes, *, timeout: float = 10) -> bytes:
@@ -158,7 +131,7 @@ def test_idle_and_slow_connections_do_not_take_the_service_down(
             delivery_seconds = time.monotonic() - started
         finally:
             attackers.close()
-        output = server.output()
+        output = server.log()
     assert slowest < 1.0, f"/healthz took {slowest:.2f} s"
     # Slow clients cut off are not the service's failure: no 500, no traceback.
     assert "Traceback" not in output and '" 500 ' not in output, output
@@ -340,7 +313,7 @@ def test_gunicorn_lines_and_error_pages_carry_no_secret(
         page = raw_exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
                             + f"Authorization Bearer {ADMIN_TOKEN}\r\n\r\n".encode())
         time.sleep(0.5)  # let the workers flush their last lines
-        output = server.output()
+        output = server.log()
     assert basic.status_code == 401 and query.status_code == 200
     assert page.startswith(b"HTTP/1.1 400 ")
     assert ADMIN_TOKEN.encode() not in page
