@@ -39,6 +39,22 @@ class Gunicorn:
         """Return the end of the server's log."""
         return self.log()[-chars:]
 
+    def worker_pids(self) -> list[int]:
+        """Return the ids of the master's live child processes: its workers."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # Fields after the command name, which is in parentheses and may contain spaces.
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[1]) == self.process.pid:
+                pids.append(int(entry.name))
+        return sorted(pids)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a port that nothing listens on at the moment."""

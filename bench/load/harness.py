@@ -94,24 +94,7 @@ class Server:
 
     def worker_pids(self) -> list[int]:
         """The gunicorn workers: the master's child processes."""
-        return worker_pids(self.gunicorn.process.pid)
-
-
-def worker_pids(master: int) -> list[int]:
-    """Return the ids of the processes whose parent is master."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the command name, which is in parentheses and may contain spaces.
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == master:
-            pids.append(int(entry.name))
-    return sorted(pids)
+        return self.gunicorn.worker_pids()
 
 
 def service_environment(*, database_url: str, app_url: str, bind: str,
@@ -146,7 +129,7 @@ def serve(*, database_url: str, workers: int, workdir: Path) -> Iterator[Server]
     try:
         with running_gunicorn(
             WSGI_APP, env=env, port=port, cwd=workdir, log_path=workdir / "gunicorn.log",
-            ready=lambda g: len(worker_pids(g.process.pid)) == workers, stop_timeout=40,
+            ready=lambda g: len(g.worker_pids()) == workers, stop_timeout=40,
         ) as gunicorn:
             yield Server(url=url, app_url=url, gunicorn=gunicorn)
     except GunicornError as exc:

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +13,8 @@ import requests
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ROOT, delivery_headers, free_port, job_body, wait_until_live
+from devtools.gunicorn import Gunicorn, running_gunicorn
+from tests.helpers import delivery_headers, job_body, wait_until_live
 
 TOKEN = "metrics-token-for-e2e-0a1b2c3d4e"
 WORKERS = 3
@@ -24,29 +23,23 @@ DELIVERED = 'eleva_deliveries_total{endpoint="/api/qstash",outcome="succeeded",r
 
 @dataclass
 class Server:
-    url: str
-    process: subprocess.Popen[bytes]
+    gunicorn: Gunicorn
     directory: Path
+
+    @property
+    def url(self) -> str:
+        return self.gunicorn.url
 
     def workers(self) -> set[int]:
         """The pids of the master's live worker processes."""
-        found = set()
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
-                    found.add(int(entry.name))
-        return found
+        return set(self.gunicorn.worker_pids())
 
     def wait_for_workers(self, without: frozenset[int] | set[int] = frozenset()) -> set[int]:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             pids = self.workers()
             if len(pids) == WORKERS and not pids & without:
-                wait_until_live(self.url, self.process)
+                wait_until_live(self.url, self.gunicorn.process)
                 return pids
             time.sleep(0.1)
         raise AssertionError(f"gunicorn did not get back to {WORKERS} workers: {self.workers()}")
@@ -55,30 +48,18 @@ class Server:
 @pytest.fixture
 def server(app: object, env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
     """Run the service under gunicorn with several workers, in Prometheus multiprocess mode."""
-    port = free_port()
     directory = tmp_path / "prometheus"
     (directory / "stale_from_an_earlier_run").mkdir(parents=True)
     (directory / "counter_999999.db").write_bytes(b"")  # cleaned at start-up
-    log = (tmp_path / "gunicorn.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env={**os.environ, **env, "GUNICORN_BIND": f"127.0.0.1:{port}",
-             "GUNICORN_WORKERS": str(WORKERS), "METRICS_TOKEN": TOKEN,
+    with running_gunicorn(
+        "wsgi:app", log_path=tmp_path / "gunicorn.log",
+        env={**os.environ, **env, "GUNICORN_WORKERS": str(WORKERS), "METRICS_TOKEN": TOKEN,
              "PROMETHEUS_MULTIPROC_DIR": str(directory),
              # Nothing answers there: the health part of a scrape fails fast, on loopback.
              "QSTASH_URL": "http://127.0.0.1:9"},
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    found = Server(url=f"http://127.0.0.1:{port}", process=process, directory=directory)
-    try:
-        wait_until_live(found.url, process, tmp_path / "gunicorn.log")
-        found.wait_for_workers()
-        yield found
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-        log.close()
+        ready=lambda gunicorn: len(gunicorn.worker_pids()) == WORKERS,
+    ) as gunicorn:
+        yield Server(gunicorn=gunicorn, directory=directory)
 
 
 def deliver(url: str, count: int, prefix: str) -> None:
