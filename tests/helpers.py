@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
-import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import make_url
 from werkzeug.test import TestResponse
 
+from devtools.gunicorn import answers
 from devtools.gunicorn import free_port as free_port
 from service import db, extensions
 from service.db import utcnow
@@ -105,12 +105,8 @@ def wait_until_live(url: str, process: subprocess.Popen[bytes], log: Path | None
     """Wait until url/healthz answers 200; fail with the server's log if it dies or hangs."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            if requests.get(url + "/healthz", timeout=1,
-                            headers={"Connection": "close"}).status_code == 200:
-                return
-        except (requests.ConnectionError, requests.Timeout):
-            pass  # not listening yet, or a worker still booting on a busy machine
+        if answers(url + "/healthz"):
+            return
         if process.poll() is not None or time.monotonic() > deadline:
             details = log.read_text() if log is not None else f"exit code {process.poll()}"
             raise AssertionError(f"{url} did not come up:\n{details}")

@@ -111,8 +111,7 @@ def serve(command: Sequence[str], env: Mapping[str, str], *, url: str, workdir: 
         process = subprocess.Popen(list(command), cwd=workdir, env=dict(env), stdout=log,
                                    stderr=subprocess.STDOUT)
     server = harness.Server(url=url, app_url=url,
-                            gunicorn=Gunicorn(process=process, url=url,
-                                              port=int(url.rsplit(":", 1)[1]), log_path=log_path))
+                            gunicorn=Gunicorn(process=process, url=url, log_path=log_path))
     try:
         deadline = time.monotonic() + 60
         while True:
