@@ -12,7 +12,6 @@ from ..payouts.models import Notification, PaymentTransfer
 from ..payouts.rules import FAILED, PENDING, TRANSFER_STATUSES
 from ..payouts.sql import is_
 
-T = PaymentTransfer
 # Rows listed per kind of trouble; the counts say how many there are in all.
 SHOWN_PER_KIND = 50
 
@@ -37,8 +36,9 @@ class Attention:
 
 def totals(sessions: sessionmaker[Session]) -> list[Total]:
     """Count transfers and add up their amounts by status and currency."""
-    query = (select(T.status, T.currency, func.count(), func.sum(T.amount))
-             .group_by(T.status, T.currency))
+    status, currency = PaymentTransfer.status, PaymentTransfer.currency
+    query = (select(status, currency, func.count(), func.sum(PaymentTransfer.amount))
+             .group_by(status, currency))
     with sessions() as session:
         rows = session.execute(query).all()
     order: dict[str, int] = {status: i for i, status in enumerate(TRANSFER_STATUSES)}
@@ -52,20 +52,23 @@ def needing_attention(sessions: sessionmaker[Session], *, max_attempts: int
                       ) -> tuple[list[Attention], dict[str, int]]:
     """Return the transfers that need a person, and how many there are of each kind."""
     kinds = {
-        "approval": (is_(T.status, PENDING) & T.requires_approval.is_(True)
-                     & T.approved_at.is_(None)),
-        "failed": is_(T.status, FAILED),
+        "approval": (is_(PaymentTransfer.status, PENDING)
+                     & PaymentTransfer.requires_approval.is_(True)
+                     & PaymentTransfer.approved_at.is_(None)),
+        "failed": is_(PaymentTransfer.status, FAILED),
         # Attempts used up but still PENDING: the provider could not say whether the transfer
-        # exists, so the row is neither failed nor paid (transfers.record).
-        "unknown_outcome": is_(T.status, PENDING) & (T.attempts >= max_attempts),
+        # exists, so the row is neither failed nor paid (payrun.record).
+        "unknown_outcome": (is_(PaymentTransfer.status, PENDING)
+                            & (PaymentTransfer.attempts >= max_attempts)),
     }
     found: list[Attention] = []
     counts: dict[str, int] = {}
     with sessions() as session:
         for kind, condition in kinds.items():
             counts[kind] = int(session.scalar(select(func.count()).where(condition)) or 0)
-            for row in session.scalars(select(T).where(condition).order_by(T.id.desc())
-                                       .limit(SHOWN_PER_KIND)):
+            newest_first = (select(PaymentTransfer).where(condition)
+                            .order_by(PaymentTransfer.id.desc()).limit(SHOWN_PER_KIND))
+            for row in session.scalars(newest_first):
                 found.append(_explain(kind, row.to_dict(), max_attempts=max_attempts))
     return found, counts
 

@@ -4,6 +4,9 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
+import service.models  # noqa: F401  (registers its tables on Base)
+import service.payouts.models  # noqa: F401  (likewise)
+from service.db import Base
 from tests.helpers import ROOT
 
 PACKAGES = ("service", "blueprints", "cli")
@@ -142,3 +145,21 @@ def test_deferred_imports_say_why() -> None:
                 if not above.startswith("#") and "#" not in lines[node.lineno - 1]:
                     unexplained.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert unexplained == []
+
+
+def model_aliases(tree: ast.AST, models: set[str]) -> list[str]:
+    """Return the names shorter than three letters that an assignment binds to a model."""
+    return [target.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Name) and node.value.id in models
+            for target in node.targets
+            if isinstance(target, ast.Name) and len(target.id) < 3]
+
+
+def test_models_go_by_their_own_names() -> None:
+    """`T.status` hides which table a query reads; `PaymentTransfer.status` says it."""
+    models = {mapper.class_.__name__ for mapper in Base.registry.mappers}
+    assert {"JobRun", "PaymentTransfer"} <= models
+    found = {f"{module}: {alias}" for module, path in sources().items()
+             for alias in model_aliases(ast.parse(path.read_text()), models)}
+    assert found == set()
+    assert model_aliases(ast.parse("T = PaymentTransfer"), models) == ["T"]
