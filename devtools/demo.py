@@ -66,7 +66,7 @@ class _Plan:
     approved: bool = False
 
 
-# Every state of the ledger, and every case the jobs treat differently.
+# Every state of the payout records, and every case the jobs treat differently.
 PLAN: Final = (
     _Plan(expert="demo_ana", ended_days_ago=30, state="completed"),
     _Plan(expert="demo_emily", ended_days_ago=20, state="completed"),

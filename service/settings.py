@@ -58,7 +58,7 @@ class Settings:
     log_format: LogFormat = "json"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     job_env: Mapping[str, str] = field(default_factory=dict, repr=False)
-    # Payouts: the provider, how hard to push it, and the ledger's rules.
+    # Payouts: the provider, how hard to push it, and the payout rules.
     payout_provider: PayoutProviderName = "simulated"
     stripe_secret_key: str | None = field(default=None, repr=False)
     stripe_api_base: str | None = field(default=None, metadata=URL)

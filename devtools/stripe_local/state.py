@@ -43,7 +43,7 @@ class StripeLocal:
     Served over HTTP by `create_app`/`serve`, it speaks Stripe's wire format: form-encoded bodies
     with bracketed keys, bearer or basic auth, Stripe's error JSON, `Request-Id` and idempotency
     headers. Other processes can drive it through JSON endpoints: `GET /_test/stats` (counts per
-    idempotency key and per ledger row) and `POST /_test/accounts`, `/_test/payments`,
+    idempotency key and per payout row) and `POST /_test/accounts`, `/_test/payments`,
     `/_test/faults` and `/_test/reset`. `python -m devtools.stripe_local` runs it on its own.
     """
 
