@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import re
+
+from tests.helpers import ROOT
+
+DOCS = ("README.md", "bench/README.md", *(f"docs/{path.name}"
+                                          for path in sorted((ROOT / "docs").glob("*.md"))))
+TOP = ("service", "blueprints", "cli", "devtools", "tests", "bench", "deploy", "scripts", "docs")
+# A path the docs name: a top-level folder, then names (`::test` is not part of it). One that
+# goes on with '{' or '*' is a pattern, and a .venv is made on first use.
+PATH_RE = re.compile(rf"\b((?:{'|'.join(TOP)})/[\w./-]*+)([{{*]?)")
+
+
+def missing_paths(text: str) -> set[str]:
+    """Return the repository paths a text names that do not exist."""
+    named = {path.rstrip(".-") for path, pattern in PATH_RE.findall(text) if not pattern}
+    return {path for path in named
+            if "/.venv" not in path and not (ROOT / path).exists()}
+
+
+def test_every_path_the_docs_name_exists() -> None:
+    assert {doc: missing_paths((ROOT / doc).read_text()) for doc in DOCS} == {
+        doc: set() for doc in DOCS}
+
+
+def test_a_moved_path_is_found_in_prose_and_in_code() -> None:
+    text = ("`tests/test_e2e_local.py::test_x` moved to tests/e2e/test_local_stack.py. See "
+            "service/db.py, bench/peer/results-{a,b}.json, bench/*.json, bench/peer/.venv, "
+            "docs/. And service/jobs.py.")
+    assert missing_paths(text) == {"tests/test_e2e_local.py", "service/jobs.py"}
+
+
+def layout() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_layout_names_every_module_of_the_service_and_the_tooling() -> None:
+    drawn = set(re.findall(r"[\w.]+/?", layout()))
+    unnamed = sorted(
+        str(path.relative_to(ROOT)) for folder in ("service", "devtools")
+        for path in (ROOT / folder).iterdir()
+        if not path.name.startswith(("_", ".")) and path.suffix in (".py", "")
+        and (path.name + "/" if path.is_dir() else path.name) not in drawn)
+    assert unnamed == []
