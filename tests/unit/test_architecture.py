@@ -121,6 +121,21 @@ def test_declarations_import_neither_flask_nor_sqlalchemy() -> None:
             assert not roots & {"flask", "sqlalchemy", "werkzeug"}, (start, module)
 
 
+# Rooms the request side calls with what they need (engine, scrubber, provider, publisher):
+# none of their modules imports the web framework or the app's extensions.
+NO_WEB = ("service.runs", "service.payouts", "service.notifications")
+
+
+def test_domain_rooms_import_neither_flask_nor_the_extensions() -> None:
+    found = {module: path for module, path in sources().items() if module.startswith(NO_WEB)}
+    assert {"service.runs.runner", "service.payouts.payrun"} <= found.keys()
+    web = sorted(f"{module}: {name}" for module, path in found.items()
+                 for name in imports(module, path, deferred=True)
+                 if name.split(".")[0] in {"flask", "werkzeug"}
+                 or name.startswith("service.extensions"))
+    assert web == []
+
+
 def test_deferred_imports_say_why() -> None:
     """A function-level import is preceded by a comment (one comment covers a block)."""
     unexplained = []
