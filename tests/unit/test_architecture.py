@@ -4,9 +4,11 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
+from alembic.script import ScriptDirectory
+
 import service.models  # noqa: F401  (registers its tables on Base)
 import service.payouts.models  # noqa: F401  (likewise)
-from service.db import Base
+from service import db
 from tests.helpers import ROOT
 
 PACKAGES = ("service", "blueprints", "cli")
@@ -170,9 +172,20 @@ def model_aliases(tree: ast.AST, models: set[str]) -> list[str]:
 
 def test_models_go_by_their_own_names() -> None:
     """`T.status` hides which table a query reads; `PaymentTransfer.status` says it."""
-    models = {mapper.class_.__name__ for mapper in Base.registry.mappers}
+    models = {mapper.class_.__name__ for mapper in db.Base.registry.mappers}
     assert {"JobRun", "PaymentTransfer"} <= models
     found = {f"{module}: {alias}" for module, path in sources().items()
              for alias in model_aliases(ast.parse(path.read_text()), models)}
     assert found == set()
     assert model_aliases(ast.parse("T = PaymentTransfer"), models) == ["T"]
+
+
+def test_migrations_form_one_chain_in_file_order() -> None:
+    """Each `NNNN_*.py` is revision NNNN and revises the file before it; the last is the head."""
+    scripts = ScriptDirectory.from_config(db.alembic_config())
+    files = sorted((ROOT / "service/migrations/versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    revisions = [path.name[:4] for path in files]
+    assert len(revisions) >= 6
+    assert [scripts.get_revision(rev).down_revision for rev in revisions] == [
+        None, *revisions[:-1]]
+    assert scripts.get_heads() == [revisions[-1]] == [db.head_revision()]

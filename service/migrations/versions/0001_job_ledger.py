@@ -1,9 +1,4 @@
-"""Job run ledger and job leases.
-
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-28
-"""
+"""Job runs (the run record) and job leases."""
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -13,8 +8,6 @@ from service.db import UTCDateTime
 
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

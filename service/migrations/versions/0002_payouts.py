@@ -1,9 +1,4 @@
-"""Experts, the payment transfer ledger and the notification outbox.
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-29
-"""
+"""Experts, payment transfers (the payout records) and the notification outbox."""
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -13,8 +8,6 @@ from service.db import UTCDateTime
 
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 
 def _partial_index(name: str, table: str, columns: list[str], where: str) -> None:

@@ -3,10 +3,6 @@
 A delivery now claims its message and its job in one INSERT: the index admits at most one
 running run per job. Runs left running without holding their job's lease (their worker died)
 are ended as failed first, as the next delivery would have done.
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-28
 """
 from __future__ import annotations
 
@@ -17,8 +13,6 @@ from service.db import UTCDateTime, utcnow
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 RUNNING = "status = 'running'"
 EXPIRED = "expired: no outcome was recorded before the run's lease ended; a later run took over"

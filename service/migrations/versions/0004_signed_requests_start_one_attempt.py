@@ -1,12 +1,8 @@
 """A signed request starts at most one attempt: record each delivery's token id (`jti`).
 
 QStash signs the URL and the body, not the Upstash-Message-Id header that de-duplicates
-deliveries. Recording the token that started each attempt lets the ledger refuse a captured
+deliveries. Recording the token that started each attempt lets the run record refuse a captured
 request replayed under another message id.
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-12-01
 """
 from __future__ import annotations
 
@@ -17,8 +13,6 @@ from service.db import UTCDateTime
 
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -3,10 +3,6 @@
 The health report's last success per job, the run history API's filters and the pruning of runs
 and delivery tokens by age each read rows through an index in the order they need, so their cost
 does not grow with the number of runs and tokens the tables hold.
-
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-12-06
 """
 from __future__ import annotations
 
@@ -15,8 +11,6 @@ from alembic import op
 
 revision = "0005"
 down_revision = "0004"
-branch_labels = None
-depends_on = None
 
 ENDED = "status <> 'running'"
 INDEXES = (

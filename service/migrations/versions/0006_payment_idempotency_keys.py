@@ -5,10 +5,6 @@ account (a development reset, a staging rebuild, a restore) sent one key for two
 Stripe refused the second for good. New rows store `<APP_ENV>:payment:<payment id>` at
 registration. Existing rows keep NULL, which means the row key they may already have a
 transfer under: a transfer's key never changes.
-
-Revision ID: 0006
-Revises: 0004
-Create Date: 2026-12-06
 """
 from __future__ import annotations
 
@@ -17,8 +13,6 @@ from alembic import op
 
 revision = "0006"
 down_revision = "0005"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
