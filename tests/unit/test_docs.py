@@ -44,3 +44,24 @@ def test_the_readme_layout_names_every_module_of_the_service_and_the_tooling() -
         if not path.name.startswith(("_", ".")) and path.suffix in (".py", "")
         and (path.name + "/" if path.is_dir() else path.name) not in drawn)
     assert unnamed == []
+
+
+def read_variables() -> set[str]:
+    """The environment variables the settings, gunicorn's config and the entrypoint read."""
+    settings = (ROOT / "service/settings.py").read_text()
+    calls = re.findall(r"\b(?:text|integer|fraction|choice)\(\s*((?:\"[A-Z0-9_]+\",?\s*)+)",
+                       settings)
+    return ({name for call in calls for name in re.findall(r"[A-Z0-9_]+", call)}
+            | set(re.findall(r"os\.environ\.get\(\s*[\"']([A-Z0-9_]+)",
+                             (ROOT / "gunicorn.conf.py").read_text()))
+            | set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)",
+                             (ROOT / "docker-entrypoint.sh").read_text())))
+
+
+def test_the_readme_configuration_table_names_every_variable_read() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    variables = read_variables()
+    assert {"DATABASE_URL", "QSTASH_TOKEN", "GUNICORN_WORKERS", "PORT",
+            "QSTASH_UPDATE_STRICT"} <= variables
+    assert sorted(name for name in variables if f"`{name}`" not in table) == []
