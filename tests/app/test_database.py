@@ -8,11 +8,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from flask import Flask
 from sqlalchemy import Engine, TextClause, bindparam, inspect, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from service import db
-from service.db import utcnow
+from service.db import Base, utcnow
+from service.extensions import get_engine
 from tests.helpers import ROOT
 
 RUN = ("INSERT INTO job_runs (id, message_id, job, retried, attempts, trigger, status,"
@@ -31,6 +35,18 @@ def engine(database_url: str) -> Iterator[Engine]:
 def instants(statement: str) -> TextClause:
     return text(statement).bindparams(
         *(bindparam(name, type_=db.UTCDateTime()) for name in ("now", "until")))
+
+
+def test_migrations_match_the_models_and_go_down_and_up(app: Flask) -> None:
+    engine = get_engine(app)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+    db.downgrade(engine, "0001")
+    assert "payment_transfers" not in inspect(engine).get_table_names()
+    db.upgrade(engine)
+    tables = set(inspect(engine).get_table_names())
+    assert {"experts", "payment_transfers", "notifications"} <= tables
 
 
 def test_0003_ends_runs_that_lost_their_lease_and_makes_the_running_run_the_lease(

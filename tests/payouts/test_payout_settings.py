@@ -3,13 +3,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from flask import Flask
-from sqlalchemy import inspect, text
+from sqlalchemy import text
 
-from service import db
-from service.db import Base, utcnow
+from service.db import utcnow
 from service.errors import ConfigurationError
 from service.extensions import get_engine, get_notifier, get_payout_provider
 from service.notifications import LogChannel, SmtpChannel
@@ -113,18 +110,6 @@ def test_recovery_may_not_take_rows_from_live_runs(make_app: AppFactory, env: di
                                                    ) -> None:
     with pytest.raises(ConfigurationError, match="PAYOUT_STALE_AFTER_SECONDS"):
         make_app({**env, "PAYOUT_STALE_AFTER_SECONDS": "900"}, migrate=False)
-
-
-def test_migrations_match_the_models_and_go_down_and_up(app: Flask) -> None:
-    engine = get_engine(app)
-    with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
-        assert compare_metadata(context, Base.metadata) == []
-    db.downgrade(engine, "0001")
-    assert "payment_transfers" not in inspect(engine).get_table_names()
-    db.upgrade(engine)
-    tables = set(inspect(engine).get_table_names())
-    assert {"experts", "payment_transfers", "notifications"} <= tables
 
 
 def test_due_selection_uses_the_partial_indexes(app: Flask) -> None:
