@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from alembic import context
 
-import service.models  # noqa: F401  (registers the tables on Base.metadata)
+import service.models  # noqa: F401  (both register their tables on Base.metadata)
+import service.payouts.models  # noqa: F401
 from service.db import Base
 
 # Containers starting together each run `flask db upgrade`. On PostgreSQL they take turns on this
