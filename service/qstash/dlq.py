@@ -31,19 +31,6 @@ class DeadLetter:
     response_status: int
     response_body: str | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "dlq_id": self.dlq_id,
-            "message_id": self.message_id,
-            "url": self.url,
-            "target": self.target,
-            "schedule_id": self.schedule_id,
-            "created_at": self.created_at.isoformat(),
-            "max_retries": self.max_retries,
-            "response_status": self.response_status,
-            "response_body": self.response_body,
-        }
-
 
 def dead_letter_from_sdk(message: Any) -> DeadLetter:
     """Normalise a qstash SDK `DlqMessage` into a DeadLetter."""
