@@ -60,6 +60,14 @@ class UTCDateTime(TypeDecorator[datetime]):
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
 
+    def json_fields(self, *names: str) -> dict[str, Any]:
+        """Return the named attributes as JSON values, times in ISO 8601 (UTC)."""
+        return {name: _json_value(getattr(self, name)) for name in names}
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
 
 def default_database_url(instance_path: str) -> str:
     return f"sqlite:///{Path(instance_path) / 'eleva-jobs.sqlite3'}"

@@ -58,21 +58,9 @@ class JobRun(Base):
     token_id: Mapped[str | None] = mapped_column(String(128))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "job": self.job,
-            "message_id": self.message_id,
-            "schedule_id": self.schedule_id,
-            "retried": self.retried,
-            "attempts": self.attempts,
-            "trigger": self.trigger,
-            "status": self.status,
-            "started_at": self.started_at.isoformat(),
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "duration_ms": self.duration_ms,
-            "result": self.result,
-            "error": self.error,
-        }
+        return self.json_fields("id", "job", "message_id", "schedule_id", "retried", "attempts",
+                                "trigger", "status", "started_at", "finished_at", "duration_ms",
+                                "result", "error")
 
 
 class DeliveryToken(Base):

@@ -50,16 +50,8 @@ class Expert(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "email": self.email,
-            "first_name": self.first_name,
-            "country": self.country,
-            "stripe_account_id": self.stripe_account_id,
-            "payouts_enabled": self.payouts_enabled,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-        }
+        return self.json_fields("id", "email", "first_name", "country", "stripe_account_id",
+                                "payouts_enabled", "created_at", "updated_at")
 
 
 class PaymentTransfer(Base):
@@ -119,38 +111,13 @@ class PaymentTransfer(Base):
         return self.amount + self.platform_fee
 
     def to_dict(self) -> dict[str, Any]:
-        def iso(value: datetime | None) -> str | None:
-            return value.isoformat() if value is not None else None
-
-        return {
-            "id": self.id,
-            "expert_id": self.expert_id,
-            "payment_id": self.payment_id,
-            "charge_id": self.charge_id,
-            "price": self.price,
-            "amount": self.amount,
-            "platform_fee": self.platform_fee,
-            "currency": self.currency,
-            "session_start_at": iso(self.session_start_at),
-            "session_end_at": iso(self.session_end_at),
-            "paid_at": iso(self.paid_at),
-            "scheduled_transfer_at": iso(self.scheduled_transfer_at),
-            "status": self.status,
-            "requires_approval": self.requires_approval,
-            "approved_by": self.approved_by,
-            "approved_at": iso(self.approved_at),
-            "attempts": self.attempts,
-            "next_attempt_at": iso(self.next_attempt_at),
-            "last_error_code": self.last_error_code,
-            "last_error_message": self.last_error_message,
-            "provider_transfer_id": self.provider_transfer_id,
-            "transferred_at": iso(self.transferred_at),
-            "claimed_by": self.claimed_by,
-            "claimed_at": iso(self.claimed_at),
-            "notified_at": iso(self.notified_at),
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-        }
+        return self.json_fields("id", "expert_id", "payment_id", "charge_id", "price", "amount",
+                                "platform_fee", "currency", "session_start_at", "session_end_at",
+                                "paid_at", "scheduled_transfer_at", "status", "requires_approval",
+                                "approved_by", "approved_at", "attempts", "next_attempt_at",
+                                "last_error_code", "last_error_message", "provider_transfer_id",
+                                "transferred_at", "claimed_by", "claimed_at", "notified_at",
+                                "created_at", "updated_at")
 
 
 class Notification(Base):
@@ -185,15 +152,5 @@ class Notification(Base):
 
     def to_dict(self) -> dict[str, Any]:
         """Describe the item for operators, without the recipient or the payload."""
-        return {
-            "id": self.id,
-            "dedup_key": self.dedup_key,
-            "kind": self.kind,
-            "transfer_id": self.transfer_id,
-            "status": self.status,
-            "attempts": self.attempts,
-            "next_attempt_at": self.next_attempt_at.isoformat(),
-            "last_error_code": self.last_error_code,
-            "sent_at": self.sent_at.isoformat() if self.sent_at else None,
-            "created_at": self.created_at.isoformat(),
-        }
+        return self.json_fields("id", "dedup_key", "kind", "transfer_id", "status", "attempts",
+                                "next_attempt_at", "last_error_code", "sent_at", "created_at")
