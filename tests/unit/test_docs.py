@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from fnmatch import fnmatch
 
 from tests.helpers import ROOT
 
@@ -8,15 +9,25 @@ DOCS = ("README.md", "bench/README.md", *(f"docs/{path.name}"
                                           for path in sorted((ROOT / "docs").glob("*.md"))))
 TOP = ("service", "blueprints", "cli", "devtools", "tests", "bench", "deploy", "scripts", "docs")
 # A path the docs name: a top-level folder, then names (`::test` is not part of it). One that
-# goes on with '{' or '*' is a pattern, and a .venv is made on first use.
+# goes on with '{' or '*' is a pattern.
 PATH_RE = re.compile(rf"\b((?:{'|'.join(TOP)})/[\w./-]*+)([{{*]?)")
+# What runs make (a virtual environment, screenshots, results) is ignored by git and need not
+# exist in a fresh checkout.
+IGNORED = [line.rstrip("/") for line in (ROOT / ".gitignore").read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
+
+
+def ignored(path: str) -> bool:
+    """Whether .gitignore covers path or a folder above it (patterns with a '/' are rooted)."""
+    parts = path.split("/")
+    return any(fnmatch("/".join(parts[:end]) if "/" in pattern else parts[end - 1], pattern)
+               for end in range(1, len(parts) + 1) for pattern in IGNORED)
 
 
 def missing_paths(text: str) -> set[str]:
     """Return the repository paths a text names that do not exist."""
     named = {path.rstrip(".-") for path, pattern in PATH_RE.findall(text) if not pattern}
-    return {path for path in named
-            if "/.venv" not in path and not (ROOT / path).exists()}
+    return {path for path in named if not ignored(path) and not (ROOT / path).exists()}
 
 
 def test_every_path_the_docs_name_exists() -> None:
@@ -29,6 +40,8 @@ def test_a_moved_path_is_found_in_prose_and_in_code() -> None:
             "service/db.py, bench/peer/results-{a,b}.json, bench/*.json, bench/peer/.venv, "
             "docs/. And service/jobs.py.")
     assert missing_paths(text) == {"tests/test_e2e_local.py", "service/jobs.py"}
+    assert ignored("tests/artifacts/console/overview.png") and ignored("bench/peer/.venv")
+    assert ignored("service/__pycache__/db.cpython-311.pyc") and not ignored("service/db.py")
 
 
 def layout() -> str:
