@@ -183,7 +183,7 @@ def test_models_go_by_their_own_names() -> None:
 def test_migrations_form_one_chain_in_file_order() -> None:
     """Each `NNNN_*.py` is revision NNNN and revises the file before it; the last is the head."""
     scripts = ScriptDirectory.from_config(db.alembic_config())
-    files = sorted((ROOT / "service/migrations/versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    files = sorted((db.MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
     revisions = [path.name[:4] for path in files]
     assert len(revisions) >= 6
     assert [scripts.get_revision(rev).down_revision for rev in revisions] == [

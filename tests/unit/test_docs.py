@@ -44,13 +44,14 @@ def test_a_moved_path_is_found_in_prose_and_in_code() -> None:
     assert ignored("service/__pycache__/db.cpython-311.pyc") and not ignored("service/db.py")
 
 
-def layout() -> str:
+def readme_section(title: str) -> str:
+    """Return the text of the README's `## title` section, up to the next section."""
     readme = (ROOT / "README.md").read_text()
-    return readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    return readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def test_the_readme_layout_names_every_module_of_the_service_and_the_tooling() -> None:
-    drawn = set(re.findall(r"[\w.]+/?", layout()))
+    drawn = set(re.findall(r"[\w.]+/?", readme_section("Layout")))
     unnamed = sorted(
         str(path.relative_to(ROOT)) for folder in ("service", "devtools")
         for path in (ROOT / folder).iterdir()
@@ -72,8 +73,7 @@ def read_variables() -> set[str]:
 
 
 def test_the_readme_configuration_table_names_every_variable_read() -> None:
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    table = readme_section("Configuration")
     variables = read_variables()
     assert {"DATABASE_URL", "QSTASH_TOKEN", "GUNICORN_WORKERS", "PORT",
             "QSTASH_UPDATE_STRICT"} <= variables
