@@ -36,9 +36,9 @@ class Attention:
 
 def totals(sessions: sessionmaker[Session]) -> list[Total]:
     """Count transfers and add up their amounts by status and currency."""
-    status, currency = PaymentTransfer.status, PaymentTransfer.currency
-    query = (select(status, currency, func.count(), func.sum(PaymentTransfer.amount))
-             .group_by(status, currency))
+    query = (select(PaymentTransfer.status, PaymentTransfer.currency, func.count(),
+                    func.sum(PaymentTransfer.amount))
+             .group_by(PaymentTransfer.status, PaymentTransfer.currency))
     with sessions() as session:
         rows = session.execute(query).all()
     order: dict[str, int] = {status: i for i, status in enumerate(TRANSFER_STATUSES)}
